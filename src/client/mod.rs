@@ -1,0 +1,1 @@
+//! Host-side connections to the agent, used by volumectl.

@@ -1,0 +1,30 @@
+//! Structured JSON logging to stderr.
+//!
+//! Level policy: `error` means a request failed or the agent cannot go on;
+//! `warning` is abnormal but harmless (a late uevent, a lazy unmount);
+//! `info` is a rare state change (listening, a storage mounted or removed);
+//! `debug` traces each request and device event.
+
+use slog::{o, Drain, Logger};
+
+/// Creates the root logger writing one JSON object per line to stderr.
+/// The returned guard flushes pending records when dropped.
+pub fn create_logger(level: slog::Level) -> (Logger, slog_async::AsyncGuard) {
+    let json = slog_json::Json::new(std::io::stderr())
+        .add_default_keys()
+        .set_flush(true)
+        .build()
+        .fuse();
+    let (drain, guard) = slog_async::Async::new(json)
+        .chan_size(4096)
+        .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
+        .build_with_guard();
+    let drain = slog::LevelFilter::new(drain.fuse(), level).fuse();
+    let logger = Logger::root(drain, o!("name" => "volume-agent", "pid" => std::process::id()));
+    (logger, guard)
+}
+
+/// A logger that discards everything, for unit tests.
+pub fn discard() -> Logger {
+    Logger::root(slog::Discard, o!())
+}

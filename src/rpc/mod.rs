@@ -1,0 +1,104 @@
+//! ttrpc services and the listener they are served on.
+
+pub mod agent;
+pub mod health;
+pub mod status;
+
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ttrpc::r#async::transport::Listener;
+use ttrpc::r#async::Server;
+
+pub use agent::AgentServiceImpl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ListenError {
+    #[error("invalid listen address {address:?}: expected vsock://CID:PORT or unix:///PATH")]
+    InvalidAddress { address: String },
+    #[error("{path} exists and is not a socket; remove it or choose another --listen path")]
+    NotASocket { path: PathBuf },
+    #[error("another server is listening on {path}; stop it or choose another --listen path")]
+    SocketInUse { path: PathBuf },
+    #[error("vsock port {port} is in use; stop the other listener or choose another port")]
+    VsockPortInUse { port: u32 },
+    #[error("binding {address} failed")]
+    Bind {
+        address: String,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+/// Binds the listener for `address` (`unix:///PATH` or `vsock://CID:PORT`).
+///
+/// A stale unix socket left by a dead agent is replaced, but a live one, or
+/// a path that is not a socket, is an error: the agent never deletes a
+/// file it did not create.
+pub fn bind(address: &str) -> Result<Listener, ListenError> {
+    if let Some(path) = address.strip_prefix("unix://") {
+        return bind_unix(address, Path::new(path));
+    }
+    if let Some(rest) = address.strip_prefix("vsock://") {
+        let invalid = || ListenError::InvalidAddress {
+            address: address.to_string(),
+        };
+        let (cid, port) = rest.split_once(':').ok_or_else(invalid)?;
+        let cid = if cid == "-1" {
+            libc::VMADDR_CID_ANY
+        } else {
+            cid.parse().map_err(|_| invalid())?
+        };
+        let port: u32 = port.parse().map_err(|_| invalid())?;
+        let vsock_address = tokio_vsock::VsockAddr::new(cid, port);
+        return match tokio_vsock::VsockListener::bind(vsock_address) {
+            Ok(listener) => Ok(Listener::from(listener)),
+            Err(error) if error.raw_os_error() == Some(libc::EADDRINUSE) => {
+                Err(ListenError::VsockPortInUse { port })
+            }
+            Err(error) => Err(ListenError::Bind {
+                address: address.to_string(),
+                error,
+            }),
+        };
+    }
+    Err(ListenError::InvalidAddress {
+        address: address.to_string(),
+    })
+}
+
+fn bind_unix(address: &str, path: &Path) -> Result<Listener, ListenError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) if !metadata.file_type().is_socket() => {
+            return Err(ListenError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ListenError::SocketInUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            // Nobody accepts on it: a socket left by an agent that died.
+            let _ = std::fs::remove_file(path);
+        }
+        Err(_) => {}
+    }
+    let bind_error = |error| ListenError::Bind {
+        address: address.to_string(),
+        error,
+    };
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(bind_error)?;
+    Ok(Listener::from(listener))
+}
+
+/// Builds the server with the agent and health services on `listener`.
+pub fn create_server(listener: Listener, agent: Arc<AgentServiceImpl>) -> Server {
+    let mut services = protocols::agent_ttrpc::create_agent_service(agent);
+    services.extend(protocols::health_ttrpc::create_health(Arc::new(health::HealthService)));
+    Server::new().add_listener(listener).register_service(services)
+}
