@@ -1,0 +1,156 @@
+//! The real `volume-agent` binary, started on a unix socket in a scratch
+//! directory and stopped by PID on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use protocols::agent_ttrpc::AgentServiceClient;
+use protocols::health::CheckRequest;
+use protocols::health_ttrpc::HealthClient;
+
+/// Maximum time from exec to the agent's first Health response.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the agent may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Returns the agent binary that cargo built for this bench, which lives in
+/// the same `target/<profile>` directory as the bench executable.
+pub fn binary() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_volume-agent"))
+}
+
+/// A running agent and the paths it was given.
+pub struct AgentProcess {
+    child: Child,
+    pub address: String,
+    pub storage_root: PathBuf,
+    log_path: PathBuf,
+}
+
+/// The two services of one connection.
+#[derive(Clone)]
+pub struct Clients {
+    pub agent: AgentServiceClient,
+    pub health: HealthClient,
+}
+
+impl AgentProcess {
+    /// Starts the agent with its socket, storage root, state file and log
+    /// below `dir`, without uevents, and waits until Health responds.
+    pub async fn start(dir: &Path) -> anyhow::Result<AgentProcess> {
+        let socket = dir.join("agent.sock");
+        let storage_root = dir.join("storage");
+        std::fs::create_dir_all(&storage_root)
+            .with_context(|| format!("creating {} failed", storage_root.display()))?;
+        let log_path = dir.join("agent.log");
+        let log = std::fs::File::create(&log_path)
+            .with_context(|| format!("creating {} failed", log_path.display()))?;
+        let address = format!("unix://{}", socket.display());
+        let child = Command::new(binary())
+            .arg("--listen")
+            .arg(&address)
+            .arg("--no-uevents")
+            .arg("--storage-root")
+            .arg(&storage_root)
+            .arg("--state-file")
+            .arg(dir.join("state.json"))
+            // The host's own kernel command line is not the agent's business.
+            .arg("--cmdline")
+            .arg("/dev/null")
+            .arg("--log-level")
+            .arg("warning")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} failed; build it first", binary().display()))?;
+        let agent = AgentProcess {
+            child,
+            address,
+            storage_root,
+            log_path,
+        };
+        agent.wait_until_serving().await?;
+        Ok(agent)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Opens a new connection to the agent.
+    pub async fn connect(&self) -> anyhow::Result<Clients> {
+        let client = ttrpc::r#async::Client::connect(&self.address)
+            .await
+            .with_context(|| format!("connecting to {} failed", self.address))?;
+        Ok(Clients {
+            agent: AgentServiceClient::new(client.clone()),
+            health: HealthClient::new(client),
+        })
+    }
+
+    /// Reads a `kB` field (`VmRSS`, `VmHWM`) of /proc/PID/status, in bytes.
+    pub fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {path} failed"))?;
+        let kilobytes = status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .with_context(|| format!("{path} has no {field} line in kB"))?;
+        Ok(kilobytes * 1024)
+    }
+
+    /// Returns the last lines the agent logged, for error messages.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(5)..].join("\n")
+    }
+
+    async fn wait_until_serving(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let attempt = async {
+                let clients = self.connect().await?;
+                let context = ttrpc::context::with_duration(Duration::from_secs(1));
+                clients.health.check(context, &CheckRequest::new()).await?;
+                anyhow::Ok(())
+            };
+            match attempt.await {
+                Ok(()) => return Ok(()),
+                Err(error) if started.elapsed() > START_TIMEOUT => {
+                    bail!(
+                        "the agent returned no Health response on {} within {START_TIMEOUT:?}: {error:#}\n{}",
+                        self.address,
+                        self.log_tail()
+                    );
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let pid = Pid::from_raw(self.child.id() as i32);
+        if kill(pid, Signal::SIGTERM).is_ok() {
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,292 @@
+//! Attach of present loop devices through CreateSandbox and DestroySandbox,
+//! next to bare mount(2) and umount(2) of the same devices.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::agent_process::{AgentProcess, Clients};
+use crate::fixture::{copy_image, make_image, LoopDevice, ScratchDir};
+use crate::measure::{format_duration, ratio, time, Samples};
+use crate::report::{ratio_verdict, Row, Section, Verdict};
+use crate::requests::{create_sandbox, destroy_sandbox, mmioblk_storage, run_threads};
+
+/// Target: attach + destroy at most this multiple of mount + umount.
+const MAX_ATTACH_RATIO: f64 = 1.1;
+/// Target: attach + destroy at most this much slower than mount + umount at p50.
+const MAX_ATTACH_EXTRA: Duration = Duration::from_millis(1);
+/// Target: 64 concurrent attaches at most this multiple of 64 bare mounts.
+const MAX_CONCURRENT_RATIO: f64 = 1.2;
+/// Devices in the concurrent case.
+const CONCURRENT_DEVICES: usize = 64;
+const IMAGE_BYTES: u64 = 16 << 20;
+
+pub struct Plan {
+    /// Attach + destroy cycles of one device.
+    pub single_cycles: usize,
+    /// Rounds of 64 concurrent attaches.
+    pub concurrent_rounds: usize,
+}
+
+pub const FULL: Plan = Plan {
+    single_cycles: 50,
+    concurrent_rounds: 5,
+};
+pub const QUICK: Plan = Plan {
+    single_cycles: 3,
+    concurrent_rounds: 1,
+};
+
+/// Mounts and unmounts `device` on `target` with bare syscalls.
+fn bare_mount_cycle(device: &Path, target: &Path) -> anyhow::Result<()> {
+    mount(
+        Some(device),
+        target,
+        Some("ext4"),
+        MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| {
+        format!(
+            "mounting {} on {} failed",
+            device.display(),
+            target.display()
+        )
+    })?;
+    umount2(target, MntFlags::empty())
+        .with_context(|| format!("unmounting {} failed", target.display()))?;
+    Ok(())
+}
+
+pub async fn run_single(section: &mut Section, plan: &Plan) -> anyhow::Result<()> {
+    let scratch = ScratchDir::new()?;
+    let image = scratch.path().join("single.img");
+    make_image(&image, IMAGE_BYTES, "ext4")?;
+    let device = LoopDevice::attach(&image)?;
+    let agent = AgentProcess::start(&scratch.subdir("agent")?).await?;
+    let clients = agent.connect().await?;
+    let bare_target = scratch.subdir("bare")?;
+    let mount_point = agent.storage_root.join("single");
+    let storage = mmioblk_storage(device.dev_str(), "ext4", &mount_point);
+
+    let mut attach = Samples::default();
+    let mut destroy = Samples::default();
+    let mut cycle = Samples::default();
+    let mut bare = Samples::default();
+    for _ in 0..plan.single_cycles {
+        let created = Instant::now();
+        create_sandbox(&clients, vec![storage.clone()]).await?;
+        let attach_time = created.elapsed();
+        let destroyed = Instant::now();
+        destroy_sandbox(&clients).await?;
+        let destroy_time = destroyed.elapsed();
+        attach.push(attach_time);
+        destroy.push(destroy_time);
+        cycle.push(attach_time + destroy_time);
+        anyhow::ensure!(
+            !mount_point.exists() || std::fs::read_dir(&mount_point)?.next().is_none(),
+            "DestroySandbox left {} mounted",
+            mount_point.display()
+        );
+
+        time(&mut bare, || {
+            bare_mount_cycle(&device.dev_path, &bare_target)
+        })?;
+    }
+
+    let (ours, floor) = (cycle.p50(), bare.p50());
+    let mut p50 = Row::latency("attach + destroy p50", ours, "mount+umount", floor, None);
+    p50.target = format!(
+        "≤ {MAX_ATTACH_RATIO:.2}x and ≤ +{}",
+        format_duration(MAX_ATTACH_EXTRA)
+    );
+    let extra = ours.saturating_sub(floor);
+    p50.verdict = match ratio_verdict(ratio(ours, floor), MAX_ATTACH_RATIO) {
+        Verdict::Met if extra <= MAX_ATTACH_EXTRA => Verdict::Met,
+        _ => Verdict::Missed(format!(
+            "{:.2}x, +{}",
+            ratio(ours, floor),
+            format_duration(extra)
+        )),
+    };
+    section.rows.push(p50);
+    section.rows.push(Row::latency(
+        "attach + destroy p99",
+        cycle.p99(),
+        "mount+umount",
+        bare.p99(),
+        Some(MAX_ATTACH_RATIO),
+    ));
+    section.rows.push(Row::info(
+        "CreateSandbox alone p50 / p99",
+        pair(&mut attach),
+        "",
+    ));
+    section.rows.push(Row::info(
+        "DestroySandbox alone p50 / p99",
+        pair(&mut destroy),
+        "",
+    ));
+    section.note(format!(
+        "{} cycles on one {} MiB ext4 loop device, each agent cycle followed by a bare cycle \
+         of the same device.",
+        plan.single_cycles,
+        IMAGE_BYTES >> 20
+    ));
+    Ok(())
+}
+
+fn pair(samples: &mut Samples) -> String {
+    format!(
+        "{} / {}",
+        format_duration(samples.p50()),
+        format_duration(samples.p99())
+    )
+}
+
+pub async fn run_concurrent(section: &mut Section, plan: &Plan) -> anyhow::Result<()> {
+    let scratch = ScratchDir::new()?;
+    let template = scratch.path().join("template.img");
+    make_image(&template, IMAGE_BYTES, "ext4")?;
+    let mut devices = Vec::new();
+    for index in 0..CONCURRENT_DEVICES {
+        let image = scratch.path().join(format!("disk{index}.img"));
+        copy_image(&template, &image)?;
+        devices.push(LoopDevice::attach(&image)?);
+    }
+    let agent = AgentProcess::start(&scratch.subdir("agent")?).await?;
+    let mut connections = Vec::new();
+    for _ in 0..CONCURRENT_DEVICES {
+        connections.push(agent.connect().await?);
+    }
+    let mut bare_targets = Vec::new();
+    for index in 0..CONCURRENT_DEVICES {
+        bare_targets.push(scratch.subdir(&format!("bare/disk{index}"))?);
+    }
+
+    let mut totals = ConcurrentTotals::default();
+    for _ in 0..plan.concurrent_rounds {
+        let attach = attach_all(&agent, &connections, &devices).await?;
+        let destroyed = Instant::now();
+        destroy_sandbox(&connections[0]).await?;
+        let destroy = destroyed.elapsed();
+        let (mount_wall, umount_wall) = mount_all(&devices, &bare_targets)?;
+        totals.add(attach, destroy, mount_wall, umount_wall);
+    }
+
+    let rounds = plan.concurrent_rounds as u32;
+    let (attach, mounts) = (totals.attach / rounds, totals.mount / rounds);
+    let (destroy, umounts) = (totals.destroy / rounds, totals.umount / rounds);
+    section.rows.push(Row::latency(
+        "64 CreateSandbox in parallel, wall time",
+        attach,
+        "64 mount(2) threads",
+        mounts,
+        Some(MAX_CONCURRENT_RATIO),
+    ));
+    section.rows.push(Row::latency(
+        "one DestroySandbox of 64 storages",
+        destroy,
+        "64 umount(2) threads",
+        umounts,
+        None,
+    ));
+    section.rows.push(Row::latency(
+        "attach + destroy of 64, wall time",
+        attach + destroy,
+        "mount+umount",
+        mounts + umounts,
+        Some(MAX_CONCURRENT_RATIO),
+    ));
+    section.note(format!(
+        "Mean of {} rounds; each CreateSandbox has one storage and its own connection, \
+         all connected before timing.",
+        plan.concurrent_rounds
+    ));
+    Ok(())
+}
+
+#[derive(Default)]
+struct ConcurrentTotals {
+    attach: Duration,
+    destroy: Duration,
+    mount: Duration,
+    umount: Duration,
+}
+
+impl ConcurrentTotals {
+    fn add(&mut self, attach: Duration, destroy: Duration, mount: Duration, umount: Duration) {
+        self.attach += attach;
+        self.destroy += destroy;
+        self.mount += mount;
+        self.umount += umount;
+    }
+}
+
+/// Sends one CreateSandbox per device, all at once, and returns the time
+/// until the last one returned.
+async fn attach_all(
+    agent: &AgentProcess,
+    connections: &[Clients],
+    devices: &[LoopDevice],
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (clients, device)) in connections.iter().zip(devices).enumerate() {
+        let clients = clients.clone();
+        let mount_point = agent.storage_root.join(format!("disk{index}"));
+        let storage = mmioblk_storage(device.dev_str(), "ext4", &mount_point);
+        tasks.spawn(async move { create_sandbox(&clients, vec![storage]).await });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined.context("a CreateSandbox task panicked")??;
+    }
+    Ok(started.elapsed())
+}
+
+/// Mounts every device on its own thread, then unmounts them the same way;
+/// returns both wall times.
+fn mount_all(devices: &[LoopDevice], targets: &[PathBuf]) -> anyhow::Result<(Duration, Duration)> {
+    let pairs: Vec<(&Path, &Path)> = devices
+        .iter()
+        .map(|device| device.dev_path.as_path())
+        .zip(targets.iter().map(PathBuf::as_path))
+        .collect();
+    let mount_wall = each_on_thread(&pairs, |&(device, target)| {
+        mount(
+            Some(device),
+            target,
+            Some("ext4"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| {
+            format!(
+                "mounting {} on {} failed",
+                device.display(),
+                target.display()
+            )
+        })
+    })?;
+    let umount_wall = each_on_thread(&pairs, |&(_, target)| {
+        umount2(target, MntFlags::empty())
+            .with_context(|| format!("unmounting {} failed", target.display()))
+    })?;
+    Ok((mount_wall, umount_wall))
+}
+
+/// Runs `operation` once per item, each on its own thread, and returns the
+/// wall time until all finished.
+fn each_on_thread<T: Sync>(
+    items: &[T],
+    operation: impl Fn(&T) -> anyhow::Result<()> + Sync,
+) -> anyhow::Result<Duration> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let batch = run_threads(items.len(), 1, || {
+        let index = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        operation(&items[index])
+    })?;
+    Ok(batch.wall)
+}
