@@ -61,8 +61,6 @@ impl AgentProcess {
             // The host's own kernel command line is not the agent's business.
             .arg("--cmdline")
             .arg("/dev/null")
-            .arg("--log-level")
-            .arg("warning")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -105,6 +103,45 @@ impl AgentProcess {
             .and_then(|value| value.trim().parse::<u64>().ok())
             .with_context(|| format!("{path} has no {field} line in kB"))?;
         Ok(kilobytes * 1024)
+    }
+
+    /// Sums the resident bytes of each mapped file from /proc/PID/smaps,
+    /// largest first.
+    pub fn file_rss(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let path = format!("/proc/{}/smaps", self.pid());
+        let smaps =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {path} failed"))?;
+        let mut by_file: Vec<(String, u64)> = Vec::new();
+        let mut current: Option<String> = None;
+        for line in smaps.lines() {
+            if let Some(kilobytes) = line.strip_prefix("Rss:") {
+                let Some(file) = &current else { continue };
+                let bytes = 1024
+                    * kilobytes
+                        .trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .unwrap_or(0);
+                match by_file.iter_mut().find(|(name, _)| name == file) {
+                    Some((_, total)) => *total += bytes,
+                    None => by_file.push((file.clone(), bytes)),
+                }
+            } else if line
+                .split_whitespace()
+                .next()
+                .is_some_and(|first| first.contains('-'))
+            {
+                // A mapping header: `start-end perms offset dev inode [path]`.
+                current = line
+                    .split_whitespace()
+                    .nth(5)
+                    .filter(|name| name.starts_with('/'))
+                    .map(str::to_string);
+            }
+        }
+        by_file.sort_by(|a, b| b.1.cmp(&a.1));
+        Ok(by_file)
     }
 
     /// Returns the last lines the agent logged, for error messages.

@@ -29,6 +29,19 @@ pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<(
         "idle RSS after start (one Health Check)",
         rss_started,
     ));
+    section
+        .rows
+        .push(rss_split_row("of which anonymous / file-backed", &agent)?);
+    let files: Vec<String> = agent
+        .file_rss()?
+        .into_iter()
+        .take(4)
+        .map(|(file, bytes)| format!("{file} {}", format_bytes(bytes)))
+        .collect();
+    section.note(format!(
+        "File-backed RSS after start, largest files: {}.",
+        files.join(", ")
+    ));
 
     let setup = agent.connect().await?;
     let volume = stats_volume::prepare(&agent, &setup, &scratch).await?;
@@ -51,6 +64,9 @@ pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<(
         &format!("idle RSS after {} GetVolumeStats", batch.calls),
         rss_after,
     ));
+    section
+        .rows
+        .push(rss_split_row("of which anonymous / file-backed", &agent)?);
     section.rows.push(Row::info(
         "peak RSS (VmHWM) over the run",
         format_bytes(peak),
@@ -62,6 +78,22 @@ pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<(
         volume.description
     ));
     Ok(())
+}
+
+/// Splits the resident set into heap and stacks (`RssAnon`) and mapped
+/// files such as the binary itself (`RssFile`).
+fn rss_split_row(measurement: &str, agent: &AgentProcess) -> anyhow::Result<Row> {
+    let anonymous = agent.status_bytes("RssAnon")?;
+    let file_backed = agent.status_bytes("RssFile")?;
+    Ok(Row::info(
+        measurement,
+        format!(
+            "{} / {}",
+            format_bytes(anonymous),
+            format_bytes(file_backed)
+        ),
+        "",
+    ))
 }
 
 fn rss_row(measurement: &str, bytes: u64) -> Row {
