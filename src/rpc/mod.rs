@@ -99,6 +99,10 @@ fn bind_unix(address: &str, path: &Path) -> Result<Listener, ListenError> {
 /// Builds the server with the agent and health services on `listener`.
 pub fn create_server(listener: Listener, agent: Arc<AgentServiceImpl>) -> Server {
     let mut services = protocols::agent_ttrpc::create_agent_service(agent);
-    services.extend(protocols::health_ttrpc::create_health(Arc::new(health::HealthService)));
-    Server::new().add_listener(listener).register_service(services)
+    services.extend(protocols::health_ttrpc::create_health(Arc::new(
+        health::HealthService,
+    )));
+    Server::new()
+        .add_listener(listener)
+        .register_service(services)
 }

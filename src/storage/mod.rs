@@ -106,9 +106,13 @@ impl StorageManager {
         _spec: Option<&Spec>,
         timeout: Duration,
     ) -> Result<(), StorageError> {
-        self.add_storages(&Owner::Container(container_id.to_string()), storages, timeout)
-            .await
-            .map(|_| ())
+        self.add_storages(
+            &Owner::Container(container_id.to_string()),
+            storages,
+            timeout,
+        )
+        .await
+        .map(|_| ())
     }
 
     /// Undoes the container's binds and drops its references.
