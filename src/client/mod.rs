@@ -19,7 +19,7 @@ use ttrpc::r#async::Client;
 pub use address::{Address, AddressSyntaxError};
 use hybrid_vsock::HandshakeFailure;
 
-/// First pause between connection attempts; it doubles up to [`MAX_RETRY_DELAY`].
+/// First pause between connection attempts, which doubles up to [`MAX_RETRY_DELAY`].
 const FIRST_RETRY_DELAY: Duration = Duration::from_millis(20);
 const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
 
@@ -145,18 +145,22 @@ pub async fn connect(address: &str, timeout: Duration) -> Result<Client, ClientE
     };
 
     let mut delay = FIRST_RETRY_DELAY;
+    let mut last_error = None;
     loop {
         let attempt = tokio::time::timeout_at(deadline, open_socket(&parsed)).await;
-        let error = match attempt {
+        match attempt {
             Ok(Ok(socket)) => return Ok(Client::new(socket)),
-            Ok(Err(error)) if error.is_not_up_yet() => error,
+            Ok(Err(error)) if error.is_not_up_yet() => last_error = Some(Box::new(error)),
             Ok(Err(error)) => return Err(error),
-            Err(_elapsed) => return Err(timed_out(None)),
-        };
-        if Instant::now() + delay >= deadline {
-            return Err(timed_out(Some(Box::new(error))));
+            // An attempt cut off by the deadline reports the one before it.
+            Err(_elapsed) => return Err(timed_out(last_error)),
         }
-        tokio::time::sleep(delay).await;
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timed_out(last_error));
+        }
+        // The last pause ends at the deadline, so one more attempt happens then.
+        tokio::time::sleep(delay.min(deadline - now)).await;
         delay = (delay * 2).min(MAX_RETRY_DELAY);
     }
 }
