@@ -16,6 +16,7 @@ use slog::{debug, error, info};
 use ttrpc::r#async::TtrpcContext;
 
 use super::status::{error_chain, invalid_argument, to_ttrpc, StatusCode};
+use super::validate::validate_storages;
 use crate::storage::{Owner, StorageManager};
 use crate::volume::VolumeService;
 
@@ -71,6 +72,7 @@ impl AgentService for AgentServiceImpl {
         request: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
         let started = Instant::now();
+        validate_storages("CreateSandbox", &request.storages)?;
         let timeout = self.request_timeout(ctx);
         info!(self.logger, "create sandbox";
             "sandbox_id" => &request.sandbox_id, "storages" => request.storages.len());
@@ -104,6 +106,7 @@ impl AgentService for AgentServiceImpl {
                 "CreateContainer: container_id is empty; set it to the container's id",
             ));
         }
+        validate_storages("CreateContainer", &request.storages)?;
         let timeout = self.request_timeout(ctx);
         info!(self.logger, "create container";
             "container_id" => &request.container_id, "storages" => request.storages.len());
