@@ -230,7 +230,7 @@ impl StorageManager {
 
     /// Mounts the filesystem (or binds the raw device) and applies the
     /// propagation and fsGroup; undoes the mount if a later step fails.
-    fn mount_storage(&self, request: &StorageRequest, device: &BlockDevice) -> Result<(), StorageError> {
+    pub(super) fn mount_storage(&self, request: &StorageRequest, device: &BlockDevice) -> Result<(), StorageError> {
         let mount_point = &request.mount_point;
         let options = &request.options;
         // A read-only volume with an fsGroup is mounted read-write first, so

@@ -20,6 +20,8 @@ pub mod path;
 pub mod probe;
 mod request;
 mod state;
+#[cfg(test)]
+mod manager_tests;
 
 use std::path::PathBuf;
 

@@ -236,3 +236,145 @@ fn split_options(text: &str) -> Result<Vec<String>, StorageError> {
         .filter(|option| !option.is_empty())
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(options: &[&str], context: OptionContext) -> Result<MountOptions, StorageError> {
+        let options: Vec<String> = options.iter().map(|option| option.to_string()).collect();
+        MountOptions::parse(&options, context)
+    }
+
+    fn device(options: &[&str]) -> MountOptions {
+        parse(options, OptionContext::Device).unwrap()
+    }
+
+    fn rejected(options: &[&str], context: OptionContext) -> String {
+        let error = parse(options, context).unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{options:?}");
+        error.to_string()
+    }
+
+    #[test]
+    fn flags_and_their_opposites() {
+        let cases: &[(&[&str], MsFlags)] = &[
+            (&["ro"], MsFlags::MS_RDONLY),
+            (&["rw"], MsFlags::empty()),
+            (&["nosuid", "nodev", "noexec"], MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC),
+            (&["suid", "dev", "exec"], MsFlags::empty()),
+            (&["sync", "dirsync"], MsFlags::MS_SYNCHRONOUS | MsFlags::MS_DIRSYNC),
+            (&["async"], MsFlags::empty()),
+            (&["noatime", "nodiratime"], MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME),
+            (&["relatime"], MsFlags::MS_RELATIME),
+            (&["strictatime", "lazytime"], MsFlags::MS_STRICTATIME | MsFlags::MS_LAZYTIME),
+            (&["atime", "diratime", "nolazytime"], MsFlags::empty()),
+            (&["ro,nosuid"], MsFlags::MS_RDONLY | MsFlags::MS_NOSUID),
+            (&["defaults", "noauto", "nofail", "x-systemd.automount", "_netdev"], MsFlags::empty()),
+        ];
+        for (options, flags) in cases {
+            let parsed = device(options);
+            assert_eq!(parsed.flags, *flags, "{options:?}");
+            assert!(parsed.data.is_empty(), "{options:?} gave data {:?}", parsed.data);
+            assert_eq!(parsed.propagation, None, "{options:?}");
+        }
+    }
+
+    #[test]
+    fn data_keeps_quoted_commas() {
+        let parsed = device(&[r#"ro,discard,context="system_u:object_r:svirt_sandbox_file_t:s0:c1,c2",errors=remount-ro"#]);
+        assert_eq!(parsed.flags, MsFlags::MS_RDONLY);
+        assert_eq!(
+            parsed.data,
+            vec![
+                "discard".to_string(),
+                r#"context="system_u:object_r:svirt_sandbox_file_t:s0:c1,c2""#.to_string(),
+                "errors=remount-ro".to_string(),
+            ]
+        );
+        assert_eq!(
+            parsed.data_string().unwrap(),
+            r#"discard,context="system_u:object_r:svirt_sandbox_file_t:s0:c1,c2",errors=remount-ro"#
+        );
+        assert_eq!(device(&["ro"]).data_string(), None);
+    }
+
+    #[test]
+    fn propagation_plain_and_recursive() {
+        let cases = [
+            ("shared", MsFlags::MS_SHARED),
+            ("rshared", MsFlags::MS_SHARED | MsFlags::MS_REC),
+            ("private", MsFlags::MS_PRIVATE),
+            ("rprivate", MsFlags::MS_PRIVATE | MsFlags::MS_REC),
+            ("slave", MsFlags::MS_SLAVE),
+            ("rslave", MsFlags::MS_SLAVE | MsFlags::MS_REC),
+            ("unbindable", MsFlags::MS_UNBINDABLE),
+            ("runbindable", MsFlags::MS_UNBINDABLE | MsFlags::MS_REC),
+        ];
+        for (option, flags) in cases {
+            let parsed = device(&[option]);
+            assert_eq!(parsed.propagation, Some(flags), "{option}");
+            assert_eq!(parsed.flags, MsFlags::empty(), "{option} must not reach the mount flags");
+        }
+        assert!(propagation_flag("rdiscard").is_none());
+    }
+
+    #[test]
+    fn conflicting_options_rejected() {
+        let cases: &[&[&str]] = &[
+            &["ro", "rw"],
+            &["rw,ro"],
+            &["nosuid", "suid"],
+            &["dev", "nodev"],
+            &["exec", "noexec"],
+            &["sync", "async"],
+            &["noatime", "relatime"],
+            &["strictatime", "noatime"],
+            &["relatime", "norelatime"],
+            &["shared", "private"],
+            &["rslave", "slave"],
+        ];
+        for options in cases {
+            let message = rejected(options, OptionContext::Device);
+            assert!(message.contains("conflicts"), "{options:?}: {message}");
+        }
+        assert_eq!(device(&["ro", "ro"]).flags, MsFlags::MS_RDONLY, "a repeat is no conflict");
+        assert_eq!(device(&["noatime", "noatime"]).flags, MsFlags::MS_NOATIME);
+    }
+
+    #[test]
+    fn device_rejects_bind_remount_and_loop() {
+        for option in ["bind", "rbind", "remount", "move", "loop", "loop=/dev/loop0"] {
+            let message = rejected(&[option], OptionContext::Device);
+            assert!(message.contains(option), "{option}: {message}");
+        }
+    }
+
+    #[test]
+    fn bind_context_accepts_bind_and_rbind() {
+        let bind = parse(&["bind", "ro"], OptionContext::Bind).unwrap();
+        assert_eq!(bind.bind, Some(MsFlags::MS_BIND));
+        assert_eq!(bind.per_mount_flags(), MsFlags::MS_RDONLY);
+        let rbind = parse(&["rbind"], OptionContext::Bind).unwrap();
+        assert_eq!(rbind.bind, Some(MsFlags::MS_BIND | MsFlags::MS_REC));
+        rejected(&["remount"], OptionContext::Bind);
+    }
+
+    #[test]
+    fn malformed_text_rejected() {
+        let message = rejected(&[r#"context="open"#], OptionContext::Device);
+        assert!(message.contains("quote"), "{message}");
+        let message = rejected(&["ro\0rw"], OptionContext::Device);
+        assert!(message.contains("NUL"), "{message}");
+        assert_eq!(device(&["", " , ro ,"]).flags, MsFlags::MS_RDONLY, "empty entries skipped");
+    }
+
+    #[test]
+    fn per_mount_flags_drop_superblock_flags() {
+        let parsed = device(&["ro", "sync", "nosuid", "lazytime", "noatime"]);
+        assert_eq!(
+            parsed.per_mount_flags(),
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NOATIME
+        );
+    }
+}

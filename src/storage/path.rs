@@ -247,6 +247,12 @@ pub fn resolve_in_root(
     };
     let relative = clean_components(relative);
     let relative = relative.strip_prefix("/").unwrap_or(&relative).to_path_buf();
+    if create.is_none() && relative.as_os_str().is_empty() {
+        // The root itself, which may be a file (a raw block mount point).
+        let fd = open_path(root, OFlags::empty()).map_err(|errno| fail(Path::new("/"), errno))?;
+        let real_path = real_path(&fd).map_err(|errno| fail(Path::new("/"), errno))?;
+        return Ok(ResolvedPath { fd, real_path, created: Vec::new() });
+    }
     let root_fd = open_path(root, OFlags::DIRECTORY).map_err(|errno| fail(Path::new("/"), errno))?;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |path: &Path| {
@@ -254,8 +260,7 @@ pub fn resolve_in_root(
     };
 
     let Some(kind) = create else {
-        let target = if relative.as_os_str().is_empty() { Path::new(".") } else { &relative };
-        let fd = open(target).map_err(|errno| fail(&relative, errno))?;
+        let fd = open(&relative).map_err(|errno| fail(&relative, errno))?;
         let real_path = real_path(&fd).map_err(|errno| fail(&relative, errno))?;
         return Ok(ResolvedPath { fd, real_path, created: Vec::new() });
     };
@@ -294,6 +299,17 @@ pub fn resolve_in_root(
                 })();
                 match step {
                     Ok(fd) => fd,
+                    Err(Errno::EXIST) => {
+                        remove_created(&created);
+                        return Err(StorageError::Invalid {
+                            field,
+                            value: prefix.display().to_string(),
+                            reason: format!(
+                                "is a symbolic link whose target does not exist inside {}",
+                                root.display()
+                            ),
+                        });
+                    }
                     Err(errno) => {
                         remove_created(&created);
                         return Err(fail(&prefix, errno));
@@ -322,4 +338,134 @@ pub fn resolve_in_root(
     }
     let real_path = real_path(&directory).map_err(|errno| fail(&relative, errno))?;
     Ok(ResolvedPath { fd: directory, real_path, created })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_point_traversal_rejected() {
+        let root = Path::new("/run/storage");
+        let accepted = [
+            ("/run/storage/a", "/run/storage/a"),
+            ("/run/storage/./a/", "/run/storage/a"),
+            ("/run/storage/x/../a", "/run/storage/a"),
+            ("//run//storage//a", "/run/storage/a"),
+        ];
+        for (text, expected) in accepted {
+            assert_eq!(validate_mount_point(root, text).unwrap(), PathBuf::from(expected), "{text}");
+        }
+        let rejected = [
+            "",
+            "relative/a",
+            "/run/storage",
+            "/run/storage/",
+            "/run/storage/..",
+            "/run/storage/../escape",
+            "/run/storage/a/../../escape",
+            "/run/storage/../../../../etc",
+            "/run/storagex/a",
+            "/etc",
+            "/run/storage/a\0b",
+        ];
+        for text in rejected {
+            let error = validate_mount_point(root, text).unwrap_err();
+            assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn create_mount_point_rejects_symlink_components() {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path().join("storage");
+        let outside = directory.path().join("outside");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+
+        let error = create_mount_point(&root, &root.join("link/vol"), NodeKind::Directory).unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
+        let error = create_mount_point(&root, &root.join("link"), NodeKind::Directory).unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing made outside");
+    }
+
+    #[test]
+    fn create_mount_point_records_what_it_made() {
+        let directory = tempfile::tempdir().unwrap();
+        let root = directory.path().join("storage");
+        std::fs::create_dir_all(root.join("existing")).unwrap();
+
+        let created = create_mount_point(&root, &root.join("existing/a/b"), NodeKind::Directory).unwrap();
+        assert_eq!(created, vec![root.join("existing/a"), root.join("existing/a/b")]);
+        assert!(root.join("existing/a/b").is_dir());
+
+        remove_created(&created);
+        assert!(!root.join("existing/a").exists());
+        assert!(root.join("existing").is_dir(), "pre-existing directories stay");
+
+        let created = create_mount_point(&root, &root.join("raw"), NodeKind::File).unwrap();
+        assert_eq!(created, vec![root.join("raw")]);
+        assert!(root.join("raw").is_file());
+        let error = create_mount_point(&root, &root.join("raw"), NodeKind::Directory).unwrap_err();
+        assert!(error.to_string().contains("regular file"), "{error}");
+    }
+
+    #[test]
+    fn resolve_in_root_keeps_links_inside() {
+        let directory = tempfile::tempdir().unwrap();
+        let rootfs = directory.path().join("rootfs");
+        let outside = directory.path().join("outside");
+        std::fs::create_dir_all(rootfs.join("etc")).unwrap();
+        std::fs::create_dir_all(&outside).unwrap();
+        // An absolute link, a relative link climbing out, and a link to the
+        // outside directory by its host path.
+        std::os::unix::fs::symlink("/", rootfs.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../..", rootfs.join("up")).unwrap();
+        std::os::unix::fs::symlink(&outside, rootfs.join("host")).unwrap();
+
+        let cases = [
+            ("abs/etc/target", rootfs.join("etc/target")),
+            ("up/target-up", rootfs.join("target-up")),
+            ("../../target-dots", rootfs.join("target-dots")),
+        ];
+        for (destination, expected) in cases {
+            let resolved =
+                resolve_in_root("destination", &rootfs, Path::new(destination), Some(NodeKind::Directory))
+                    .unwrap();
+            let real_rootfs = rootfs.canonicalize().unwrap();
+            assert!(resolved.real_path.starts_with(&real_rootfs), "{destination}: {:?}", resolved.real_path);
+            assert_eq!(resolved.real_path, expected.canonicalize().unwrap(), "{destination}");
+        }
+        // The link names a host path that does not exist inside the rootfs.
+        let error = resolve_in_root("destination", &rootfs, Path::new("host/x"), Some(NodeKind::Directory))
+            .unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{error}");
+        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing made outside");
+    }
+
+    #[test]
+    fn resolve_in_root_creates_files_and_cleans_up() {
+        let directory = tempfile::tempdir().unwrap();
+        let rootfs = directory.path().join("rootfs");
+        std::fs::create_dir_all(&rootfs).unwrap();
+
+        let resolved =
+            resolve_in_root("destination", &rootfs, Path::new("/a/b/file"), Some(NodeKind::File)).unwrap();
+        assert!(rootfs.join("a/b/file").is_file());
+        assert_eq!(resolved.created.len(), 3);
+
+        std::fs::create_dir(rootfs.join("dir")).unwrap();
+        let error = resolve_in_root("destination", &rootfs, Path::new("/dir"), Some(NodeKind::File)).unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
+
+        remove_created(&resolved.created);
+        assert!(!rootfs.join("a").exists());
+
+        let error = resolve_in_root("source", &rootfs, Path::new("missing"), None).unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::NOT_FOUND);
+        let error = resolve_in_root("destination", &rootfs, Path::new("/.."), Some(NodeKind::File)).unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
+    }
 }
