@@ -9,11 +9,16 @@ use anyhow::{bail, Context as _};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use protocols::agent_ttrpc::AgentServiceClient;
+
 use protocols::health::CheckRequest;
 use protocols::health_ttrpc::HealthClient;
 
+use crate::fixture::ScratchDir;
+
 /// Maximum time from exec to the agent's first Health response.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// A tmpfs, like the guest's /run.
+pub const TMPFS: &str = "/dev/shm";
 /// How long the agent may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -23,12 +28,17 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_volume-agent"))
 }
 
-/// A running agent and the paths it was given.
+/// A running agent and the paths it was given. Its files live on tmpfs, as
+/// in a guest, where the state file defaults to /run/volume-agent: on a disk
+/// filesystem each state save would pay two fsyncs the guest does not pay.
 pub struct AgentProcess {
     child: Child,
     pub address: String,
     pub storage_root: PathBuf,
     log_path: PathBuf,
+    /// Dropped after the child is stopped, so it unmounts the storages the
+    /// agent left behind.
+    _dir: ScratchDir,
 }
 
 /// The two services of one connection.
@@ -40,13 +50,13 @@ pub struct Clients {
 
 impl AgentProcess {
     /// Starts the agent with its socket, storage root, state file and log
-    /// below `dir`, without uevents, and waits until Health responds.
-    pub async fn start(dir: &Path) -> anyhow::Result<AgentProcess> {
-        let socket = dir.join("agent.sock");
-        let storage_root = dir.join("storage");
-        std::fs::create_dir_all(&storage_root)
-            .with_context(|| format!("creating {} failed", storage_root.display()))?;
-        let log_path = dir.join("agent.log");
+    /// in a new directory on /dev/shm, without uevents, and waits until
+    /// Health responds.
+    pub async fn start() -> anyhow::Result<AgentProcess> {
+        let dir = ScratchDir::new_in(Path::new(TMPFS))?;
+        let socket = dir.path().join("agent.sock");
+        let storage_root = dir.subdir("storage")?;
+        let log_path = dir.path().join("agent.log");
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {} failed", log_path.display()))?;
         let address = format!("unix://{}", socket.display());
@@ -57,7 +67,7 @@ impl AgentProcess {
             .arg("--storage-root")
             .arg(&storage_root)
             .arg("--state-file")
-            .arg(dir.join("state.json"))
+            .arg(dir.path().join("state.json"))
             // The host's own kernel command line is not the agent's business.
             .arg("--cmdline")
             .arg("/dev/null")
@@ -71,6 +81,7 @@ impl AgentProcess {
             address,
             storage_root,
             log_path,
+            _dir: dir,
         };
         agent.wait_until_serving().await?;
         Ok(agent)

@@ -128,6 +128,10 @@ pub fn run_tool(program: &str, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
+/// ext4 options that initialise inode tables and the journal at mkfs time,
+/// so that no background `ext4lazyinit` writes disturb the timed mounts.
+const EXT4_EXTENDED_OPTIONS: &str = "nodiscard,lazy_itable_init=0,lazy_journal_init=0";
+
 /// Creates a sparse image file of `bytes` and formats it with `mkfs`
 /// (`ext4` or `xfs`).
 pub fn make_image(path: &Path, bytes: u64, fstype: &str) -> anyhow::Result<()> {
@@ -137,7 +141,7 @@ pub fn make_image(path: &Path, bytes: u64, fstype: &str) -> anyhow::Result<()> {
         .with_context(|| format!("sizing {} to {bytes} bytes failed", path.display()))?;
     let image = path.to_str().context("image path is not UTF-8")?;
     match fstype {
-        "ext4" => run_tool("mkfs.ext4", &["-q", "-F", "-E", "nodiscard", image])?,
+        "ext4" => run_tool("mkfs.ext4", &["-q", "-F", "-E", EXT4_EXTENDED_OPTIONS, image])?,
         "xfs" => run_tool("mkfs.xfs", &["-q", "-f", "-K", image])?,
         _ => bail!("no mkfs for filesystem type {fstype:?}; use ext4 or xfs"),
     };

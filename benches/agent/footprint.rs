@@ -22,7 +22,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 
 pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<()> {
     let scratch = ScratchDir::new()?;
-    let agent = AgentProcess::start(&scratch.subdir("agent")?).await?;
+    let agent = AgentProcess::start().await?;
     tokio::time::sleep(SETTLE).await;
     let rss_started = agent.status_bytes("VmRSS")?;
     section.rows.push(rss_row(

@@ -37,12 +37,25 @@ static ALLOCATOR: alloc::CountingAllocator = alloc::CountingAllocator;
 struct Options {
     quick: bool,
     write: Option<PathBuf>,
+    /// Key of the one section to run, for profiling it.
+    only: Option<String>,
 }
+
+/// Keys accepted by `--only`, in the order the sections run.
+const SECTION_KEYS: &[&str] = &[
+    "stats",
+    "attach",
+    "concurrent",
+    "storm",
+    "resize",
+    "footprint",
+];
 
 fn parse_options() -> anyhow::Result<Options> {
     let mut options = Options {
         quick: false,
         write: None,
+        only: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -52,10 +65,19 @@ fn parse_options() -> anyhow::Result<Options> {
                 Some(path) => options.write = Some(PathBuf::from(path)),
                 None => bail!("--write needs a path, e.g. --write BENCHMARKS.md"),
             },
+            "--only" => match args.next() {
+                Some(key) if SECTION_KEYS.contains(&key.as_str()) => options.only = Some(key),
+                _ => bail!("--only needs one of {}", SECTION_KEYS.join(", ")),
+            },
             // cargo passes --bench to every bench target.
             "--bench" => {}
-            other => bail!("unknown option {other:?}; expected --quick or --write PATH"),
+            other => {
+                bail!("unknown option {other:?}; expected --quick, --write PATH or --only SECTION")
+            }
         }
+    }
+    if options.only.is_some() && options.write.is_some() {
+        bail!("--write records every section, so it cannot be combined with --only");
     }
     Ok(options)
 }
@@ -90,43 +112,48 @@ fn main() -> ExitCode {
     let resize_rounds = if quick { 1 } else { 5 };
     let rss_requests = if quick { 2_000 } else { 100_000 };
 
-    let mut sections = Vec::new();
-    sections.push(run_section(
-        &runtime,
+    let mut runner = Runner {
+        runtime: &runtime,
+        only: options.only.as_deref(),
+        sections: Vec::new(),
+    };
+    runner.run(
+        "stats",
         "GetVolumeStats vs Health Check vs statfs(2)",
         None,
         |s| Box::pin(rpc::run(s, rpc_plan)),
-    ));
-    sections.push(run_section(
-        &runtime,
+    );
+    runner.run(
+        "attach",
         "Attach of a present loop device",
         root_reason,
         |s| Box::pin(attach::run_single(s, attach_plan)),
-    ));
-    sections.push(run_section(
-        &runtime,
+    );
+    runner.run(
+        "concurrent",
         "64 loop devices attached concurrently",
         root_reason,
         |s| Box::pin(attach::run_concurrent(s, attach_plan)),
-    ));
-    sections.push(run_section(
-        &runtime,
+    );
+    runner.run(
+        "storm",
         "Uevent storm through the device registry",
         None,
         |s| Box::pin(uevent_storm::run(s, storm_plan)),
-    ));
-    sections.push(run_section(
-        &runtime,
+    );
+    runner.run(
+        "resize",
         "ResizeVolume vs xfs_growfs on the host",
         root_reason,
         |s| Box::pin(resize::run(s, resize_rounds)),
-    ));
-    sections.push(run_section(&runtime, "Footprint", None, |s| {
+    );
+    runner.run("footprint", "Footprint", None, |s| {
         Box::pin(async move {
             footprint::run_rss(s, rss_requests).await?;
             footprint::run_binary_size(s)
         })
-    }));
+    });
+    let sections = runner.sections;
 
     let results = report::render(&machine, quick, &sections);
     println!("{results}");
@@ -147,36 +174,46 @@ fn main() -> ExitCode {
 /// The body of a section: fills the section in and fails with an error.
 type SectionFuture<'s> = Pin<Box<dyn Future<Output = anyhow::Result<()>> + 's>>;
 
-/// Runs one section, turning an error or a panic into a failed section so
-/// that the others still run. Fixtures clean up while the panic unwinds.
-fn run_section<F>(
-    runtime: &tokio::runtime::Runtime,
-    title: &str,
-    skip_reason: Option<&str>,
-    body: F,
-) -> Section
-where
-    F: for<'s> FnOnce(&'s mut Section) -> SectionFuture<'s>,
-{
-    let mut section = Section::new(title);
-    if let Some(reason) = skip_reason {
-        println!("skipping {title}: {reason}");
-        section.skipped = Some(reason.to_string());
-        return section;
+/// Runs the selected sections and collects their results.
+struct Runner<'r> {
+    runtime: &'r tokio::runtime::Runtime,
+    only: Option<&'r str>,
+    sections: Vec<Section>,
+}
+
+impl Runner<'_> {
+    /// Runs one section unless `--only` names another, turning an error or
+    /// a panic into a failed section so that the others still run.
+    /// Fixtures clean up while the panic unwinds.
+    fn run<F>(&mut self, key: &str, title: &str, skip_reason: Option<&str>, body: F)
+    where
+        F: for<'s> FnOnce(&'s mut Section) -> SectionFuture<'s>,
+    {
+        if self.only.is_some_and(|only| only != key) {
+            return;
+        }
+        let mut section = Section::new(title);
+        if let Some(reason) = skip_reason {
+            println!("skipping {title}: {reason}");
+            section.skipped = Some(reason.to_string());
+            self.sections.push(section);
+            return;
+        }
+        eprintln!("running {title}");
+        let runtime = self.runtime;
+        let outcome =
+            std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(body(&mut section))));
+        let failure = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(error)) => Some(format!("{error:#}")),
+            Err(panic) => Some(panic_message(panic.as_ref())),
+        };
+        if let Some(error) = failure {
+            eprintln!("{title} failed: {error}");
+            section.failed = Some(error);
+        }
+        self.sections.push(section);
     }
-    eprintln!("running {title}");
-    let outcome =
-        std::panic::catch_unwind(AssertUnwindSafe(|| runtime.block_on(body(&mut section))));
-    let failure = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(error)) => Some(format!("{error:#}")),
-        Err(panic) => Some(panic_message(panic.as_ref())),
-    };
-    if let Some(error) = failure {
-        eprintln!("{title} failed: {error}");
-        section.failed = Some(error);
-    }
-    section
 }
 
 fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {

@@ -26,7 +26,7 @@ pub async fn run(section: &mut Section, rounds: usize) -> anyhow::Result<()> {
     make_image(&direct_image, INITIAL_BYTES, "xfs")?;
     let agent_device = LoopDevice::attach(&agent_image)?;
     let direct_device = LoopDevice::attach(&direct_image)?;
-    let agent = AgentProcess::start(&scratch.subdir("agent")?).await?;
+    let agent = AgentProcess::start().await?;
     let clients = agent.connect().await?;
     let mount_point = agent.storage_root.join("resize");
     create_sandbox(

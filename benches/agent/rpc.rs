@@ -49,7 +49,7 @@ impl Totals {
 
 pub async fn run(section: &mut Section, plan: &Plan) -> anyhow::Result<()> {
     let scratch = ScratchDir::new()?;
-    let agent = AgentProcess::start(&scratch.subdir("agent")?).await?;
+    let agent = AgentProcess::start().await?;
     let setup = agent.connect().await?;
     let volume = stats_volume::prepare(&agent, &setup, &scratch).await?;
     section.note(format!(

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::agent_process::{AgentProcess, Clients};
+use crate::agent_process::{AgentProcess, Clients, TMPFS};
 use crate::fixture::{is_root, make_image, LoopDevice, ScratchDir};
 use crate::requests::{create_sandbox, mmioblk_storage};
 
@@ -42,7 +42,7 @@ pub async fn prepare(
     } else {
         "not root, so no loop device".to_string()
     };
-    let dir = ScratchDir::new_in(Path::new("/dev/shm"))?;
+    let dir = ScratchDir::new_in(Path::new(TMPFS))?;
     let path = dir.subdir("volume")?;
     Ok(StatsVolume {
         path,
