@@ -141,7 +141,10 @@ pub fn make_image(path: &Path, bytes: u64, fstype: &str) -> anyhow::Result<()> {
         .with_context(|| format!("sizing {} to {bytes} bytes failed", path.display()))?;
     let image = path.to_str().context("image path is not UTF-8")?;
     match fstype {
-        "ext4" => run_tool("mkfs.ext4", &["-q", "-F", "-E", EXT4_EXTENDED_OPTIONS, image])?,
+        "ext4" => run_tool(
+            "mkfs.ext4",
+            &["-q", "-F", "-E", EXT4_EXTENDED_OPTIONS, image],
+        )?,
         "xfs" => run_tool("mkfs.xfs", &["-q", "-f", "-K", image])?,
         _ => bail!("no mkfs for filesystem type {fstype:?}; use ext4 or xfs"),
     };
