@@ -220,3 +220,39 @@ SUBSYSTEM=block\0DEVNAME=forged0\0DEVTYPE=disk\0MAJOR=7\0MINOR=999\0SEQNUM=1\0";
     );
     assert_eq!(registry.find_by_devno(7, 999), None);
 }
+
+#[tokio::test]
+async fn scan_finds_loop_attached_before_start() {
+    if !is_root() {
+        return;
+    }
+    let device = LoopDevice::attach();
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let registry = DeviceRegistry::new(logger, "/sys".into(), "/dev".into());
+    let (major, minor) = device.devno();
+    assert_eq!(registry.find_by_devno(major, minor), None);
+
+    registry.scan_sysfs().unwrap();
+    let found = registry
+        .find_by_devno(major, minor)
+        .expect("the scan missed the loop device");
+    assert_eq!(found.name, device.name);
+    assert_eq!(found.dev_path, device.dev_path);
+}
+
+#[tokio::test]
+async fn mmioblk_rejects_character_device() {
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let registry = DeviceRegistry::new(logger, "/sys".into(), "/dev".into());
+    let address = DeviceAddress::parse("mmioblk", "/dev/null").unwrap();
+    let started = std::time::Instant::now();
+    let error = registry
+        .wait_for(&address, EVENT_TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a character device was waited for"
+    );
+    assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{error}");
+}

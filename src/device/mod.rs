@@ -14,6 +14,8 @@ mod wait;
 #[cfg(test)]
 mod fake_sysfs;
 #[cfg(test)]
+mod stress_tests;
+#[cfg(test)]
 mod tests;
 
 use std::path::{Path, PathBuf};

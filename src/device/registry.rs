@@ -159,19 +159,26 @@ impl DeviceRegistry {
             }
         }
 
+        // Events read while the directory was listed may have added or removed
+        // devices since, so sysfs is checked again under the lock.
         let present: HashSet<&str> = events.iter().map(|event| event.devpath.as_str()).collect();
         let mut state = self.lock();
         let gone: Vec<String> = state
             .devices
-            .keys()
-            .filter(|devpath| !present.contains(devpath.as_str()))
-            .cloned()
+            .iter()
+            .filter(|(devpath, entry)| {
+                !present.contains(devpath.as_str()) && !entry.device.sysfs_path.exists()
+            })
+            .map(|(devpath, _)| devpath.clone())
             .collect();
         for devpath in gone {
             self.remove_locked(&mut state, &devpath);
         }
         for event in &events {
-            self.upsert_locked(&mut state, event);
+            let sysfs_path = self.sysfs_root.join(event.devpath.trim_start_matches('/'));
+            if sysfs_path.exists() {
+                self.upsert_locked(&mut state, event);
+            }
         }
         info!(self.logger, "scanned sysfs"; "devices" => state.devices.len());
         Ok(())

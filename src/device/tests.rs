@@ -515,3 +515,16 @@ async fn resize_change_is_published() {
     assert_eq!(event.device.name, "vda");
     assert_eq!(registry.stats().devices, 1);
 }
+
+#[tokio::test]
+async fn scan_sysfs_keeps_devices_added_by_events() {
+    let fake = FakeSystem::new();
+    let registry = fake.registry();
+    // An add event read while the scan ran: the device is in sysfs but was
+    // not listed when the scan read `/sys/class/block`.
+    let disk = blk_behind_root_port(&fake, 1);
+    std::fs::remove_file(fake.sysfs.join("class/block/vda")).unwrap();
+    registry.handle_uevent(&disk.event("add"));
+    registry.scan_sysfs().unwrap();
+    assert_eq!(registry.find_by_devno(254, 0).map(|device| device.name), Some(disk.name));
+}
