@@ -368,6 +368,7 @@ mod tests {
         fn pci_path_parse_never_panics(text in "[0-9a-fA-F./+-]{0,40}") {
             if let Ok(path) = PciPath::parse(&text) {
                 prop_assert!(path.0.iter().all(|s| s.slot <= 0x1f && s.function <= 7));
+                prop_assert_eq!(PciPath::parse(&path.to_string()), Ok(path));
             }
         }
 

@@ -108,8 +108,11 @@ pub fn resolve_disk(sysfs_root: &Path, path: &PciPath) -> Option<PathBuf> {
         if !entry.file_name().to_string_lossy().starts_with("virtio") {
             continue;
         }
-        let block = entry.path().join("block");
-        if let Some(disk) = std::fs::read_dir(block).ok()?.flatten().next() {
+        // A virtio device of another kind (e.g. virtio-scsi) has no `block`.
+        let Ok(disks) = std::fs::read_dir(entry.path().join("block")) else {
+            continue;
+        };
+        if let Some(disk) = disks.flatten().next() {
             return Some(disk.path());
         }
     }

@@ -266,16 +266,21 @@ impl DeviceRegistry {
     /// Records the device of `event`, replacing a stale entry that has the
     /// same DEVPATH, name, device number or PCI path, then wakes its waiters.
     pub(crate) fn upsert_locked(&self, state: &mut State, event: &Uevent) {
-        let (Some(major), Some(minor), Some(devname)) = (event.major, event.minor, &event.devname)
-        else {
+        let (Some(major), Some(minor)) = (event.major, event.minor) else {
             debug!(self.logger, "ignored block uevent without a device number";
                 "devpath" => &event.devpath, "action" => &event.action);
             return;
         };
+        // The kernel sends DEVNAME for every block device; the DEVPATH's last
+        // component is the same name.
+        let devname = match &event.devname {
+            Some(devname) => devname.as_str(),
+            None => event.devpath.rsplit('/').next().unwrap_or_default(),
+        };
         let is_disk = event.devtype.as_deref() != Some("partition");
         let entry = Entry {
             device: BlockDevice {
-                name: devname.clone(),
+                name: devname.to_string(),
                 dev_path: self.dev_root.join(devname),
                 major,
                 minor,
@@ -303,11 +308,15 @@ impl DeviceRegistry {
         }
         state.by_devno.insert((major, minor), event.devpath.clone());
         let device = entry.device.clone();
+        let (entry_pci, entry_scsi) = (entry.pci.clone(), entry.scsi);
         state.devices.insert(event.devpath.clone(), entry);
 
         if !known {
+            let pci_path = entry_pci.map(|path| path.to_string());
+            let scsi_address = entry_scsi.map(|disk| disk.address.to_string());
             debug!(self.logger, "block device added"; "device" => &device.name,
-                "devpath" => &event.devpath, "major" => major, "minor" => minor);
+                "devpath" => &event.devpath, "major" => major, "minor" => minor,
+                "pci_path" => pci_path, "scsi_address" => scsi_address);
         }
         for key in &keys {
             if let Some(waiters) = state.waiters.remove(key) {

@@ -526,5 +526,30 @@ async fn scan_sysfs_keeps_devices_added_by_events() {
     std::fs::remove_file(fake.sysfs.join("class/block/vda")).unwrap();
     registry.handle_uevent(&disk.event("add"));
     registry.scan_sysfs().unwrap();
-    assert_eq!(registry.find_by_devno(254, 0).map(|device| device.name), Some(disk.name));
+    assert_eq!(
+        registry.find_by_devno(254, 0).map(|device| device.name),
+        Some(disk.name)
+    );
+}
+
+#[tokio::test]
+async fn blk_path_of_scsi_controller_is_not_a_disk() {
+    let fake = FakeSystem::new();
+    let registry = fake.registry();
+    // Slot 3 holds a virtio-scsi controller: its disk is not a blk disk.
+    let host = virtio_scsi_host(&fake, 3, 1, 0);
+    let scsi_disk = fake.add_scsi_disk(&host, 0, 0, 0, "sda", 0);
+    fake.create_node(&scsi_disk);
+    let address = DeviceAddress::parse("blk", "03").unwrap();
+    let error = registry.wait_for(&address, SHORT).await.unwrap_err();
+    assert_eq!(error.code(), ttrpc::Code::DEADLINE_EXCEEDED);
+
+    // A virtio-blk function beside it in the same slot is still found.
+    let pci = "/devices/pci0000:00/0000:00:03.0";
+    let blk_disk = fake.add_virtio_blk(pci, 0, "vda", 0);
+    fake.create_node(&blk_disk);
+    assert_eq!(
+        registry.wait_for(&address, SHORT).await.unwrap().name,
+        "vda"
+    );
 }

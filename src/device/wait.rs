@@ -131,7 +131,7 @@ impl DeviceRegistry {
         match address {
             DeviceAddress::Pci(path) => {
                 let key = DeviceKey::Pci(path.clone());
-                if state.by_key.get(&key).is_none() {
+                if !state.by_key.contains_key(&key) {
                     if let Some(disk) = pci::resolve_disk(&self.sysfs_root, path) {
                         self.record_from_sysfs(state, &disk);
                     }
@@ -140,7 +140,7 @@ impl DeviceRegistry {
             }
             DeviceAddress::Scsi(scsi_address) => {
                 let key = DeviceKey::Scsi(*scsi_address);
-                if state.by_key.get(&key).is_none() {
+                if !state.by_key.contains_key(&key) {
                     let hosts = scsi::virtio_scsi_hosts(&self.sysfs_root);
                     for disk in scsi::find_disks(&hosts, *scsi_address) {
                         self.record_from_sysfs(state, &disk);
@@ -162,7 +162,7 @@ impl DeviceRegistry {
             }
             DeviceAddress::Pmem(name) => {
                 let key = DeviceKey::Name(name.to_string());
-                if state.by_key.get(&key).is_none() {
+                if !state.by_key.contains_key(&key) {
                     let class_entry = self.sysfs_root.join("class/block").join(name.to_string());
                     self.record_from_sysfs(state, &class_entry);
                 }
@@ -359,6 +359,9 @@ fn waiter_key(address: &DeviceAddress) -> DeviceKey {
         DeviceAddress::Pci(path) => DeviceKey::Pci(path.clone()),
         DeviceAddress::Scsi(scsi_address) => DeviceKey::Scsi(*scsi_address),
         DeviceAddress::Pmem(name) => DeviceKey::Name(name.to_string()),
+        // NOTE: a udev symlink such as /dev/disk/by-id/... is found once it
+        // exists, but no uevent carries its name, so a request for one that
+        // does not exist yet waits until it times out.
         DeviceAddress::DevPath(path) => {
             let relative = path.strip_prefix("/dev").unwrap_or(path);
             DeviceKey::Name(relative.to_string_lossy().into_owned())

@@ -321,6 +321,18 @@ mod tests {
         }
 
         #[test]
+        fn parsed_devpath_stays_below_sys(
+            devpath in "(/(\\.{1,3}|[a-z0-9:]{1,6})){0,6}/?",
+        ) {
+            let bytes = message(&format!("add@{devpath}"), &["SUBSYSTEM=block"]);
+            if let Ok(event) = Uevent::parse(&bytes) {
+                prop_assert!(event.devpath.starts_with('/'));
+                prop_assert!(!event.devpath.split('/').any(|part| part == ".."));
+                prop_assert!(!event.devpath.ends_with('/'));
+            }
+        }
+
+        #[test]
         fn parse_never_panics_on_near_valid(
             action in "[a-z@=]{0,8}",
             devpath in "[/a-z0-9:.=@]{0,40}",
