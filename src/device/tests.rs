@@ -553,3 +553,19 @@ async fn blk_path_of_scsi_controller_is_not_a_disk() {
         "vda"
     );
 }
+
+#[tokio::test]
+async fn blk_found_without_uevent_while_waiting() {
+    let fake = FakeSystem::new();
+    let registry = fake.registry();
+    let address = DeviceAddress::parse("blk", "02/00").unwrap();
+    let task = spawn_wait(&registry, &address);
+    wait_until_waiting(&registry, 1).await;
+
+    // The disk appears in sysfs, but its uevent is never read.
+    let disk = blk_behind_root_port(&fake, 4);
+    fake.create_node(&disk);
+    let device = task.await.unwrap().unwrap();
+    assert_eq!(device.name, "vda");
+    assert_eq!(registry.stats().waiters, 0);
+}

@@ -18,6 +18,10 @@ use super::{pci, scsi, BlockDevice, DeviceError};
 /// second check normally succeeds.
 const NODE_POLL_INTERVAL: Duration = Duration::from_millis(5);
 
+/// Period after which a waiting request looks in sysfs again. It finds disks
+/// whose uevent never arrives: the listener is off, or the event was lost.
+const SYSFS_RECHECK_INTERVAL: Duration = Duration::from_millis(500);
+
 /// Number of present disks that a timeout error lists.
 const SEEN_LIST_MAX: usize = 16;
 
@@ -85,15 +89,15 @@ impl DeviceRegistry {
             }
 
             let mut waiter = waiter;
-            if tokio::time::timeout_at(deadline, &mut waiter.receiver)
-                .await
-                .is_err()
-            {
-                drop(waiter);
+            let recheck = (tokio::time::Instant::now() + SYSFS_RECHECK_INTERVAL).min(deadline);
+            let woken = tokio::time::timeout_at(recheck, &mut waiter.receiver).await;
+            drop(waiter);
+            if woken.is_err() && tokio::time::Instant::now() >= deadline {
                 return Err(self.timeout_error(address, timeout, None));
             }
-            // Woken by an event for the key: look up again, because the disk
-            // may already be gone or have a twin on another SCSI controller.
+            // Woken by an event for the key, or time to recheck sysfs: look
+            // up again, because the disk may already be gone or have a twin
+            // on another SCSI controller.
         };
 
         self.wait_for_node(address, &device, deadline, timeout)
