@@ -143,12 +143,12 @@ impl DeviceRegistry {
                 Ok(single(state, &key))
             }
             DeviceAddress::Scsi(scsi_address) => {
+                // sysfs is read even on a hit, so that a twin on another
+                // controller whose uevent is still unread is not missed.
                 let key = DeviceKey::Scsi(*scsi_address);
-                if !state.by_key.contains_key(&key) {
-                    let hosts = scsi::virtio_scsi_hosts(&self.sysfs_root);
-                    for disk in scsi::find_disks(&hosts, *scsi_address) {
-                        self.record_from_sysfs(state, &disk);
-                    }
+                let hosts = scsi::virtio_scsi_hosts(&self.sysfs_root);
+                for disk in scsi::find_disks(&hosts, *scsi_address) {
+                    self.record_from_sysfs(state, &disk);
                 }
                 let devpaths = state.by_key.get(&key).cloned().unwrap_or_default();
                 if devpaths.len() > 1 {
@@ -230,9 +230,13 @@ impl DeviceRegistry {
         }))
     }
 
-    /// Records the block device whose sysfs directory is `path`, if any.
+    /// Records the block device whose sysfs directory is `path`, unless it
+    /// is missing or already known.
     fn record_from_sysfs(&self, state: &mut State, path: &Path) {
-        if let Some(event) = self.event_from_sysfs(path) {
+        let Some(event) = self.event_from_sysfs(path) else {
+            return;
+        };
+        if !state.devices.contains_key(&event.devpath) {
             self.upsert_locked(state, &event);
         }
     }
