@@ -111,3 +111,23 @@ async fn scan_sysfs_keeps_devices_added_by_events() {
         Some(disk.name)
     );
 }
+
+#[tokio::test]
+async fn move_event_renames_device() {
+    let fake = FakeSystem::new();
+    let registry = fake.registry();
+    let disk = fake.add_block("/devices/virtual/block", "old0", 252, 0);
+    registry.handle_uevent(&disk.event("add"));
+
+    fake.remove(&disk);
+    // A different minor, so that only DEVPATH_OLD links the two entries.
+    let renamed = fake.add_block("/devices/virtual/block", "new0", 252, 1);
+    let mut event = renamed.event("move");
+    event.env.insert("DEVPATH_OLD".into(), disk.devpath.clone());
+    registry.handle_uevent(&event);
+
+    assert_eq!(registry.find_by_devno(252, 0), None);
+    let found = registry.find_by_devno(252, 1).unwrap();
+    assert_eq!(found.name, "new0");
+    assert_eq!(registry.stats().devices, 1);
+}
