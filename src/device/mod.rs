@@ -39,7 +39,7 @@ pub struct BlockDevice {
     pub sysfs_path: PathBuf,
 }
 
-/// A change the registry applied, sent to [`DeviceRegistry::subscribe`]rs.
+/// Change that the registry applied, sent to every [`DeviceRegistry::subscribe`] receiver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceEvent {
     pub kind: DeviceEventKind,

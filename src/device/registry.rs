@@ -12,7 +12,7 @@ use super::address::{PciPath, ScsiAddress};
 use super::{pci, read_attribute, scsi, BlockDevice, DeviceError, DeviceEvent, DeviceEventKind};
 use crate::uevent::Uevent;
 
-/// Capacity of the [`DeviceRegistry::subscribe`] channel; a subscriber that
+/// Capacity of the [`DeviceRegistry::subscribe`] channel. A subscriber that
 /// falls further behind loses the oldest events.
 const EVENT_CHANNEL_CAPACITY: usize = 1024;
 
@@ -96,7 +96,7 @@ pub struct DeviceRegistry {
 }
 
 impl DeviceRegistry {
-    /// Creates an empty registry over the given sysfs and `/dev` roots; call
+    /// Creates an empty registry over the given sysfs and `/dev` roots. Call
     /// [`DeviceRegistry::scan_sysfs`] to record the disks already present.
     pub fn new(
         logger: slog::Logger,

@@ -9,7 +9,7 @@ use super::Uevent;
 /// binary header, not the kernel format.
 const LIBUDEV_MAGIC: &[u8] = b"libudev\0";
 
-/// Errors from [`Uevent::parse`]; each names the part of the message that is
+/// Errors from [`Uevent::parse`]. Each names the part of the message that is
 /// malformed.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UeventError {

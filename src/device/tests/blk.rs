@@ -165,10 +165,10 @@ async fn blk_cancelled_request_leaves_no_waiter() {
 }
 
 #[tokio::test]
-async fn blk_path_of_scsi_controller_is_not_a_disk() {
+async fn blk_skips_scsi_controller() {
     let fake = FakeSystem::new();
     let registry = fake.registry();
-    // Slot 3 holds a virtio-scsi controller: its disk is not a blk disk.
+    // Slot 3 contains a virtio-scsi controller, whose disk is not a blk disk.
     let host = virtio_scsi_host(&fake, 3, 1, 0);
     let scsi_disk = fake.add_scsi_disk(&host, 0, 0, 0, "sda", 0);
     fake.create_node(&scsi_disk);

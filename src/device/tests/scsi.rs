@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::*;
 
 #[tokio::test]
-async fn scsi_in_every_order_on_host_0_and_2() {
+async fn scsi_every_order_hosts_0_2() {
     for host in [0, 2] {
         for order in ORDERS {
             let fake = FakeSystem::new();
