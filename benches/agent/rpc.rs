@@ -1,8 +1,10 @@
 //! GetVolumeStats over a unix socket next to its two floors: a Health Check
 //! round trip (the ttrpc transport) and a bare statfs(2) (the syscall).
 //!
-//! The three run interleaved in rounds, so that load from other processes
-//! hits all of them alike and the ratios hold on a busy machine.
+//! Health Check and GetVolumeStats alternate call by call on each
+//! connection, so that load from other processes hits both alike and their
+//! ratio holds on a busy machine. The statfs(2) floor runs between them in
+//! every round.
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -26,6 +26,8 @@ pub const QUICK: Plan = Plan {
     waiters: 200,
 };
 
+/// Maximum time for the waiter tasks to register before the storm starts.
+const WAITER_REGISTRATION_TIMEOUT: Duration = Duration::from_secs(10);
 /// The waiters' timeout: far beyond the storm, so none expires during it.
 const WAITER_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -65,9 +67,10 @@ pub async fn run(section: &mut Section, plan: &Plan) -> anyhow::Result<()> {
         ),
     ));
     section.note(format!(
-        "{} events on a fake sysfs tree (add, change and remove of disks and partitions \
-         that no waiter matches); heap counted by a counting global allocator in the bench \
-         process, including the waiters' own tasks. Whole storm: {}.",
+        "{} events of virtio-blk disks and partitions behind PCI root ports 01-08 (add, \
+         change, remove), on an empty sysfs tree, while the waiters wait for PCI slots \
+         18-1f that no event names. Heap counted by a counting global allocator in the \
+         bench process, including the waiters' tasks. Whole storm: {}.",
         events.len(),
         format_duration(busy.elapsed)
     ));
@@ -82,7 +85,8 @@ struct Outcome {
     allocations: u64,
 }
 
-/// Feeds `events` to a new registry while `waiters` requests wait on it.
+/// Feeds `events` to a new registry while `waiters` requests wait on it,
+/// and checks that every waiter stays registered through the storm.
 async fn storm(
     sysfs_root: &std::path::Path,
     dev_root: &std::path::Path,
@@ -98,12 +102,20 @@ async fn storm(
     let mut tasks = Vec::new();
     for index in 0..waiters {
         let registry = Arc::clone(&registry);
-        let address = DeviceAddress::parse("mmioblk", &format!("/dev/bench-missing-{index}"))?;
+        let address = DeviceAddress::parse("blk", &missing_pci_path(index))?;
         tasks.push(tokio::spawn(async move {
             registry.wait_for(&address, WAITER_TIMEOUT).await
         }));
     }
-    tokio::task::yield_now().await;
+    let registered = Instant::now();
+    while registry.stats().waiters < waiters {
+        anyhow::ensure!(
+            registered.elapsed() < WAITER_REGISTRATION_TIMEOUT,
+            "only {} of {waiters} waiters registered within {WAITER_REGISTRATION_TIMEOUT:?}",
+            registry.stats().waiters
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
 
     let started = Instant::now();
     for event in events {
@@ -116,39 +128,73 @@ async fn storm(
         held_heap: snapshot.live_growth(),
         allocations: snapshot.allocations(),
     };
-    for task in tasks {
+
+    let stats = registry.stats();
+    let returned = tasks.iter().filter(|task| task.is_finished()).count();
+    for task in &tasks {
         task.abort();
     }
+    anyhow::ensure!(
+        returned == 0,
+        "{returned} waiters returned during the storm, but no event named their PCI paths"
+    );
+    anyhow::ensure!(
+        stats.devices == 0,
+        "{} devices were left in the registry, but every disk and partition was removed",
+        stats.devices
+    );
+    anyhow::ensure!(
+        stats.waiters == waiters,
+        "{} of {waiters} waiters were still registered after the storm, \
+         but no event named their PCI paths",
+        stats.waiters
+    );
     Ok(outcome)
 }
 
-/// Builds `count` block uevents cycling through add, change and remove of
-/// disks and their partitions.
+/// PCI path of waiter `index`: slots 0x18-0x1f on the root bus, where no
+/// event puts a disk.
+fn missing_pci_path(index: usize) -> String {
+    format!("{:02x}/{:02x}", 0x18 + index / 32 % 8, index % 32)
+}
+
+/// Builds `count` block uevents of virtio-blk disks behind root ports
+/// 01-08, cycling through add, partition add, change (resize), partition
+/// remove and remove, so that the registry grows and shrinks.
 fn synthetic_events(count: usize) -> Vec<Uevent> {
+    const STEPS: usize = 5;
     (0..count)
         .map(|index| {
-            let disk = index / 6 % 1000;
-            let partition = index % 2 == 1;
-            let action = ["add", "change", "remove"][index / 2 % 3];
-            let name = if partition {
-                format!("vdx{disk}p1")
-            } else {
-                format!("vdx{disk}")
+            let disk = index / STEPS % 256;
+            let (port, slot) = (1 + disk / 32, disk % 32);
+            let name = format!("vd{disk}");
+            let disk_devpath = format!(
+                "/devices/pci0000:00/0000:00:{port:02x}.0/0000:{:02x}:{slot:02x}.0/virtio{disk}/block/{name}",
+                0x10 + port
+            );
+            let (action, partition) = match index % STEPS {
+                0 => ("add", false),
+                1 => ("add", true),
+                2 => ("change", false),
+                3 => ("remove", true),
+                _ => ("remove", false),
             };
-            let devpath = if partition {
-                format!("/devices/virtual/block/vdx{disk}/{name}")
+            let (devpath, devname, minor) = if partition {
+                let partition_name = format!("{name}p1");
+                (format!("{disk_devpath}/{partition_name}"), partition_name, disk * 16 + 1)
             } else {
-                format!("/devices/virtual/block/{name}")
+                (disk_devpath, name, disk * 16)
             };
             let mut event = Uevent {
                 action: action.into(),
                 devpath,
                 subsystem: "block".into(),
-                devname: Some(name),
+                devname: Some(devname),
                 devtype: Some(if partition { "partition" } else { "disk" }.into()),
                 major: Some(254),
-                minor: Some((disk * 2 + usize::from(partition)) as u32),
+                minor: Some(minor as u32),
                 seqnum: Some(index as u64),
+                resize: action == "change",
                 ..Uevent::default()
             };
             for (key, value) in [
