@@ -22,10 +22,17 @@ pub const TMPFS: &str = "/dev/shm";
 /// How long the agent may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Returns the agent binary that cargo built for this bench, which lives in
-/// the same `target/<profile>` directory as the bench executable.
+/// Environment variable naming another agent binary to run, e.g. a build
+/// with symbols for profiling.
+pub const BINARY_OVERRIDE: &str = "VOLUME_AGENT_BENCH_BINARY";
+
+/// Returns the agent binary to run: the override, else the one cargo built
+/// for this bench, which lives in the same `target/<profile>` directory as
+/// the bench executable.
 pub fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_volume-agent"))
+    std::env::var_os(BINARY_OVERRIDE)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_volume-agent")))
 }
 
 /// A running agent and the paths it was given. Its files live on tmpfs, as
@@ -53,6 +60,12 @@ impl AgentProcess {
     /// in a new directory on /dev/shm, without uevents, and waits until
     /// Health responds.
     pub async fn start() -> anyhow::Result<AgentProcess> {
+        AgentProcess::start_with(&[]).await
+    }
+
+    /// Like [`AgentProcess::start`], with `extra_args` added to the command
+    /// line (e.g. `--log-level warning`).
+    pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<AgentProcess> {
         let dir = ScratchDir::new_in(Path::new(TMPFS))?;
         let socket = dir.path().join("agent.sock");
         let storage_root = dir.subdir("storage")?;
@@ -71,6 +84,7 @@ impl AgentProcess {
             // The host's own kernel command line is not the agent's business.
             .arg("--cmdline")
             .arg("/dev/null")
+            .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

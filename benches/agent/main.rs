@@ -1,11 +1,13 @@
-//! `cargo bench --bench agent -- [--quick] [--write PATH]`
+//! `cargo bench --bench agent -- [--quick] [--write PATH | --only SECTION]`
 //!
 //! Measures each hot path of volume-agent next to the floor that the kernel
 //! or the tools set, in the same run, and prints the ratios as a Markdown
 //! table. `--quick` runs a few iterations of everything, enough to catch
 //! breakage in CI; `--write PATH` also writes the table into the results
-//! page at PATH. Parts that need loop devices skip with a reason when the
-//! bench does not run as root.
+//! page at PATH; `--only SECTION` runs one section, for profiling. Parts
+//! that need loop devices skip with a reason when the bench does not run as
+//! root. `VOLUME_AGENT_BENCH_BINARY=PATH` runs another agent binary, such
+//! as a build with symbols.
 
 mod agent_process;
 mod alloc;
@@ -18,6 +20,7 @@ mod requests;
 mod resize;
 mod rpc;
 mod stats_volume;
+mod steps;
 mod uevent_storm;
 
 use std::future::Future;
