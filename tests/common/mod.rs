@@ -282,10 +282,49 @@ pub fn context() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
 }
 
-/// The ttrpc status code of a failed call.
-pub fn status_code<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> ttrpc::Code {
+
+/// How many mounts are stacked at exactly `path`.
+pub fn mount_count(path: &Path) -> usize {
+    mounts_under(path).iter().filter(|mount_point| *mount_point == path).count()
+}
+
+/// The status message of a failed call.
+pub fn status_message<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (ttrpc::Code, String) {
     match result {
-        Err(ttrpc::Error::RpcStatus(status)) => status.code(),
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message.clone()),
         other => panic!("expected an RPC status error, got {other:?}"),
     }
+}
+
+pub fn create_container_request(container_id: &str, storages: Vec<Storage>, oci: Option<Spec>) -> protocols::agent::CreateContainerRequest {
+    protocols::agent::CreateContainerRequest {
+        container_id: container_id.into(),
+        storages,
+        OCI: oci.into(),
+        ..Default::default()
+    }
+}
+
+pub fn remove_container_request(container_id: &str) -> protocols::agent::RemoveContainerRequest {
+    protocols::agent::RemoveContainerRequest {
+        container_id: container_id.into(),
+        ..Default::default()
+    }
+}
+
+pub fn create_sandbox_request(storages: Vec<Storage>) -> protocols::agent::CreateSandboxRequest {
+    protocols::agent::CreateSandboxRequest {
+        storages,
+        sandbox_id: "sandbox".into(),
+        ..Default::default()
+    }
+}
+
+/// Storage records in the agent's state file.
+pub fn saved_storage_count(state_file: &Path) -> usize {
+    let Ok(text) = std::fs::read_to_string(state_file) else {
+        return 0;
+    };
+    let state: serde_json::Value = serde_json::from_str(&text).expect("state file is JSON");
+    state["storages"].as_object().map_or(0, |storages| storages.len())
 }
