@@ -20,7 +20,9 @@ fn tree(directory: &Path) -> Vec<PathBuf> {
     let mut paths = Vec::new();
     let mut pending = vec![directory.to_path_buf()];
     while let Some(path) = pending.pop() {
-        let Ok(entries) = std::fs::read_dir(&path) else { continue };
+        let Ok(entries) = std::fs::read_dir(&path) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let child = entry.path();
             if entry.file_type().is_ok_and(|kind| kind.is_dir()) {
@@ -51,7 +53,10 @@ async fn failed_first_mount_then_retry() {
     let request = create_sandbox_request(vec![bad]);
     let (code, message) = status_message(client.create_sandbox(context(), &request).await);
     assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
-    assert!(message.contains(&ext4), "the message names the device: {message}");
+    assert!(
+        message.contains(&ext4),
+        "the message names the device: {message}"
+    );
     assert!(!first_mount.exists(), "no directory left");
     assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
     assert_eq!(common::saved_storage_count(&env.state_file()), 0);
@@ -63,7 +68,11 @@ async fn failed_first_mount_then_retry() {
     ]);
     let (code, _) = status_message(client.create_sandbox(context(), &request).await);
     assert_eq!(code, Code::INVALID_ARGUMENT);
-    assert_eq!(mount_count(&second_mount), 0, "the storage that mounted is undone");
+    assert_eq!(
+        mount_count(&second_mount),
+        0,
+        "the storage that mounted is undone"
+    );
     assert!(!second_mount.exists());
     assert_eq!(common::saved_storage_count(&env.state_file()), 0);
 
@@ -71,16 +80,15 @@ async fn failed_first_mount_then_retry() {
         storage(&second, "ext4", &second_mount, &[]),
         storage(&ext4, "ext4", &first_mount, &["errors=remount-ro"]),
     ]);
-    client.create_sandbox(context(), &request).await.expect(&env.agent_log());
+    client
+        .create_sandbox(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
     assert_eq!(mount_count(&first_mount), 1);
     assert_eq!(mount_count(&second_mount), 1);
     assert_eq!(common::saved_storage_count(&env.state_file()), 2);
 
-    client
-        .destroy_sandbox(context(), &protocols::agent::DestroySandboxRequest::new())
-        .await
-        .unwrap();
-    assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
+    common::destroy_sandbox(&client, &env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,31 +113,109 @@ async fn invalid_storages_change_nothing() {
         storage
     };
     let cases: Vec<(&str, Storage, Code, &str)> = vec![
-        ("blank device", storage(&blank, "ext4", &mount_point, &[]), Code::FAILED_PRECONDITION, "no ext2/ext3/ext4 or xfs"),
-        ("wrong fstype", storage(&ext4, "xfs", &mount_point, &[]), Code::FAILED_PRECONDITION, "ext2/ext3/ext4 filesystem"),
-        ("unknown fstype", with(|s| s.fstype = "nosuchfs".into()), Code::INVALID_ARGUMENT, "nosuchfs"),
-        ("fstype with comma", with(|s| s.fstype = "ext4,ro".into()), Code::INVALID_ARGUMENT, "fstype"),
-        ("unknown driver", with(|s| s.driver = "floppy".into()), Code::INVALID_ARGUMENT, "floppy"),
-        ("ro and rw", with(|s| s.options = vec!["ro".into(), "rw".into()]), Code::INVALID_ARGUMENT, "conflicts"),
-        ("bind option", with(|s| s.options = vec!["bind".into()]), Code::INVALID_ARGUMENT, "bind"),
-        ("loop option", with(|s| s.options = vec!["loop".into()]), Code::INVALID_ARGUMENT, "loop"),
-        ("open quote", with(|s| s.options = vec!["context=\"x".into()]), Code::INVALID_ARGUMENT, "quote"),
-        ("empty mount point", with(|s| s.mount_point = String::new()), Code::INVALID_ARGUMENT, "empty"),
-        ("NUL in mount point", with(|s| s.mount_point.push_str("\0x")), Code::INVALID_ARGUMENT, "NUL"),
-        ("relative mount point", with(|s| s.mount_point = "vol".into()), Code::INVALID_ARGUMENT, "absolute"),
-        ("not a block device", with(|s| s.source = "/dev/null".into()), Code::INVALID_ARGUMENT, "not a block device"),
+        (
+            "blank device",
+            storage(&blank, "ext4", &mount_point, &[]),
+            Code::FAILED_PRECONDITION,
+            "no ext2/ext3/ext4 or xfs",
+        ),
+        (
+            "wrong fstype",
+            storage(&ext4, "xfs", &mount_point, &[]),
+            Code::FAILED_PRECONDITION,
+            "ext2/ext3/ext4 filesystem",
+        ),
+        (
+            "unknown fstype",
+            with(|s| s.fstype = "nosuchfs".into()),
+            Code::INVALID_ARGUMENT,
+            "nosuchfs",
+        ),
+        (
+            "fstype with comma",
+            with(|s| s.fstype = "ext4,ro".into()),
+            Code::INVALID_ARGUMENT,
+            "fstype",
+        ),
+        (
+            "unknown driver",
+            with(|s| s.driver = "floppy".into()),
+            Code::INVALID_ARGUMENT,
+            "floppy",
+        ),
+        (
+            "ro and rw",
+            with(|s| s.options = vec!["ro".into(), "rw".into()]),
+            Code::INVALID_ARGUMENT,
+            "conflicts",
+        ),
+        (
+            "bind option",
+            with(|s| s.options = vec!["bind".into()]),
+            Code::INVALID_ARGUMENT,
+            "bind",
+        ),
+        (
+            "loop option",
+            with(|s| s.options = vec!["loop".into()]),
+            Code::INVALID_ARGUMENT,
+            "loop",
+        ),
+        (
+            "open quote",
+            with(|s| s.options = vec!["context=\"x".into()]),
+            Code::INVALID_ARGUMENT,
+            "quote",
+        ),
+        (
+            "empty mount point",
+            with(|s| s.mount_point = String::new()),
+            Code::INVALID_ARGUMENT,
+            "empty",
+        ),
+        (
+            "NUL in mount point",
+            with(|s| s.mount_point.push_str("\0x")),
+            Code::INVALID_ARGUMENT,
+            "NUL",
+        ),
+        (
+            "relative mount point",
+            with(|s| s.mount_point = "vol".into()),
+            Code::INVALID_ARGUMENT,
+            "absolute",
+        ),
+        (
+            "not a block device",
+            with(|s| s.source = "/dev/null".into()),
+            Code::INVALID_ARGUMENT,
+            "not a block device",
+        ),
     ];
     for (name, storage, code, needle) in cases {
         let request = create_sandbox_request(vec![storage]);
         let (got, message) = status_message(client.create_sandbox(context(), &request).await);
         assert_eq!(got, code, "{name}: {message}");
-        assert!(message.contains(needle), "{name}: {message:?} lacks {needle:?}");
-        assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new(), "{name}");
+        assert!(
+            message.contains(needle),
+            "{name}: {message:?} lacks {needle:?}"
+        );
+        assert_eq!(
+            common::mounts_under(env.path()),
+            Vec::<PathBuf>::new(),
+            "{name}"
+        );
         assert_eq!(tree(env.path()), before, "{name}: files changed");
     }
     assert_eq!(common::saved_storage_count(&env.state_file()), 0);
-    assert!(std::fs::read(&env.loops[0].backing_file).unwrap() == ext4_image, "ext4 image changed");
-    assert!(std::fs::read(&env.loops[1].backing_file).unwrap() == blank_image, "blank image changed");
+    assert!(
+        std::fs::read(&env.loops[0].backing_file).unwrap() == ext4_image,
+        "ext4 image changed"
+    );
+    assert!(
+        std::fs::read(&env.loops[1].backing_file).unwrap() == blank_image,
+        "blank image changed"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +253,11 @@ async fn traversal_suite_nothing_escapes() {
     }
     assert!(!env.path().join("escape").exists());
     assert!(!Path::new("/etc/volume-agent-escape").exists());
-    assert_eq!(tree(&outside), Vec::<PathBuf>::new(), "nothing made through the link");
+    assert_eq!(
+        tree(&outside),
+        Vec::<PathBuf>::new(),
+        "nothing made through the link"
+    );
     assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
 
     // A storage to bind from, with a link inside its filesystem that
@@ -175,10 +265,7 @@ async fn traversal_suite_nothing_escapes() {
     let mount_point = root.join("vol");
     let mount_text = mount_point.display().to_string();
     let volume = storage(&ext4, "ext4", &mount_point, &[]);
-    client
-        .create_sandbox(context(), &create_sandbox_request(vec![volume]))
-        .await
-        .expect(&env.agent_log());
+    common::create_sandbox(&client, &env, vec![volume]).await;
     std::fs::create_dir_all(mount_point.join("etc")).unwrap();
     std::fs::write(mount_point.join("etc/marker"), b"inside the volume").unwrap();
     std::os::unix::fs::symlink("/etc", mount_point.join("escape")).unwrap();
@@ -198,11 +285,18 @@ async fn traversal_suite_nothing_escapes() {
         (&climbing_source, "/ignored", &[]),
     ];
     let request = create_container_request("c1", vec![], Some(spec(&rootfs, mounts)));
-    client.create_container(context(), &request).await.expect(&env.agent_log());
+    client
+        .create_container(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
 
     let real_rootfs = rootfs.canonicalize().unwrap();
     for target in ["dots", "etc/abs-target", "up-target", "link-source"] {
-        assert_eq!(mount_count(&real_rootfs.join(target)), 1, "{target} bound inside the rootfs");
+        assert_eq!(
+            mount_count(&real_rootfs.join(target)),
+            1,
+            "{target} bound inside the rootfs"
+        );
     }
     for mount in common::mounts_under(env.path()) {
         assert!(
@@ -214,7 +308,10 @@ async fn traversal_suite_nothing_escapes() {
     assert_eq!(mount_count(Path::new("/dots")), 0);
     assert_eq!(mount_count(Path::new("/up-target")), 0);
     assert_eq!(mount_count(Path::new("/etc/abs-target")), 0);
-    assert!(!rootfs.join("ignored").exists(), "a source outside any storage is not bound");
+    assert!(
+        !rootfs.join("ignored").exists(),
+        "a source outside any storage is not bound"
+    );
     assert_eq!(
         std::fs::read(real_rootfs.join("link-source/marker")).unwrap(),
         b"inside the volume",
@@ -222,7 +319,12 @@ async fn traversal_suite_nothing_escapes() {
     );
 
     // Bad destinations fail without leaving binds or references.
-    let bad_destinations: &[(&str, Code)] = &[("", Code::INVALID_ARGUMENT), ("/", Code::INVALID_ARGUMENT), ("/a\0b", Code::INVALID_ARGUMENT), ("relative", Code::INVALID_ARGUMENT)];
+    let bad_destinations: &[(&str, Code)] = &[
+        ("", Code::INVALID_ARGUMENT),
+        ("/", Code::INVALID_ARGUMENT),
+        ("/a\0b", Code::INVALID_ARGUMENT),
+        ("relative", Code::INVALID_ARGUMENT),
+    ];
     for (destination, expected) in bad_destinations {
         let rootfs = env.rootfs("c2");
         let oci = spec(&rootfs, &[(&mount_text, destination, &[])]);
@@ -235,8 +337,15 @@ async fn traversal_suite_nothing_escapes() {
     let rootfs = env.rootfs("c3");
     std::os::unix::fs::symlink(&outside, rootfs.join("host")).unwrap();
     let second_mount = root.join("second");
-    let oci = spec(&rootfs, &[(&second_mount.display().to_string(), "/host/x", &[])]);
-    let request = create_container_request("c3", vec![storage(&ext4, "ext4", &second_mount, &[])], Some(oci));
+    let oci = spec(
+        &rootfs,
+        &[(&second_mount.display().to_string(), "/host/x", &[])],
+    );
+    let request = create_container_request(
+        "c3",
+        vec![storage(&ext4, "ext4", &second_mount, &[])],
+        Some(oci),
+    );
     let result = client.create_container(context(), &request).await;
     // The same device at a second mount point is a separate storage; it
     // mounts, then the bind fails and the storage is undone.
@@ -249,9 +358,5 @@ async fn traversal_suite_nothing_escapes() {
         .remove_container(context(), &common::remove_container_request("c1"))
         .await
         .unwrap();
-    client
-        .destroy_sandbox(context(), &protocols::agent::DestroySandboxRequest::new())
-        .await
-        .unwrap();
-    assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
+    common::destroy_sandbox(&client, &env).await;
 }

@@ -5,37 +5,19 @@ mod common;
 
 use std::path::Path;
 
-use common::{context, spec, storage, TestEnv};
-use protocols::agent::{
-    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, RemoveContainerRequest,
+use common::{
+    context, create_container_request, mount_count, remove_container_request, spec, storage,
+    TestEnv,
 };
 
 const EXT4_SIZE: u64 = 64 << 20;
 const XFS_SIZE: u64 = 320 << 20;
 
-fn create_container(
-    container_id: &str,
-    storages: Vec<protocols::agent::Storage>,
-    oci: protocols::oci::Spec,
-) -> CreateContainerRequest {
-    CreateContainerRequest {
-        container_id: container_id.into(),
-        storages,
-        OCI: Some(oci).into(),
-        ..Default::default()
-    }
-}
-
-fn remove_container(container_id: &str) -> RemoveContainerRequest {
-    RemoveContainerRequest {
-        container_id: container_id.into(),
-        ..Default::default()
-    }
-}
-
 /// Writes a file at `path` and returns the OS error number on failure.
 fn write_errno(path: &Path) -> Option<i32> {
-    std::fs::write(path, b"data").err().map(|error| error.raw_os_error().unwrap_or(-1))
+    std::fs::write(path, b"data")
+        .err()
+        .map(|error| error.raw_os_error().unwrap_or(-1))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,25 +39,44 @@ async fn ro_and_rw_binds_on_ext4_and_xfs() {
         let ro_rootfs = env.rootfs(&format!("{name}-ro"));
         let volume = storage(source, fstype, &mount_point, &["nodev"]);
 
-        let request = create_container(
+        let request = create_container_request(
             &format!("{name}-rw"),
             vec![volume.clone()],
-            spec(&rw_rootfs, &[(&mount_text, "/data", &["rbind"])]),
+            Some(spec(&rw_rootfs, &[(&mount_text, "/data", &["rbind"])])),
         );
-        client.create_container(context(), &request).await.expect(&env.agent_log());
-        let request = create_container(
+        client
+            .create_container(context(), &request)
+            .await
+            .unwrap_or_else(|error| env.fail(error));
+        let request = create_container_request(
             &format!("{name}-ro"),
             vec![volume.clone()],
-            spec(&ro_rootfs, &[(&mount_text, "/mnt/data", &["bind", "ro"])]),
+            Some(spec(
+                &ro_rootfs,
+                &[(&mount_text, "/mnt/data", &["bind", "ro"])],
+            )),
         );
-        client.create_container(context(), &request).await.expect(&env.agent_log());
+        client
+            .create_container(context(), &request)
+            .await
+            .unwrap_or_else(|error| env.fail(error));
 
         let mounts = common::mounts_under(env.path());
-        assert_eq!(mounts.iter().filter(|m| **m == mount_point).count(), 1, "{fstype} mounted once");
-        assert!(mounts.contains(&rw_rootfs.join("data")), "{fstype} rw bind: {mounts:?}");
-        assert!(mounts.contains(&ro_rootfs.join("mnt/data")), "{fstype} ro bind: {mounts:?}");
+        assert_eq!(mount_count(&mount_point), 1, "{fstype} mounted once");
+        assert!(
+            mounts.contains(&rw_rootfs.join("data")),
+            "{fstype} rw bind: {mounts:?}"
+        );
+        assert!(
+            mounts.contains(&ro_rootfs.join("mnt/data")),
+            "{fstype} ro bind: {mounts:?}"
+        );
 
-        assert_eq!(write_errno(&rw_rootfs.join("data/file")), None, "{fstype} rw bind writes");
+        assert_eq!(
+            write_errno(&rw_rootfs.join("data/file")),
+            None,
+            "{fstype} rw bind writes"
+        );
         assert_eq!(
             std::fs::read(mount_point.join("file")).unwrap(),
             b"data",
@@ -86,17 +87,36 @@ async fn ro_and_rw_binds_on_ext4_and_xfs() {
             Some(libc::EROFS),
             "{fstype} ro bind rejects writes"
         );
-        assert_eq!(write_errno(&mount_point.join("other")), None, "{fstype} storage stays rw");
+        assert_eq!(
+            write_errno(&mount_point.join("other")),
+            None,
+            "{fstype} storage stays rw"
+        );
 
-        client.remove_container(context(), &remove_container(&format!("{name}-ro"))).await.unwrap();
+        client
+            .remove_container(context(), &remove_container_request(&format!("{name}-ro")))
+            .await
+            .unwrap();
         let mounts = common::mounts_under(env.path());
-        assert!(mounts.contains(&mount_point), "{fstype} still used by the rw container");
+        assert!(
+            mounts.contains(&mount_point),
+            "{fstype} still used by the rw container"
+        );
         assert!(!mounts.contains(&ro_rootfs.join("mnt/data")));
-        client.remove_container(context(), &remove_container(&format!("{name}-rw"))).await.unwrap();
+        client
+            .remove_container(context(), &remove_container_request(&format!("{name}-rw")))
+            .await
+            .unwrap();
         assert!(!common::mounts_under(env.path()).contains(&mount_point));
-        assert!(!mount_point.exists(), "{fstype} mount point removed after the last user");
+        assert!(
+            !mount_point.exists(),
+            "{fstype} mount point removed after the last user"
+        );
     }
-    assert_eq!(common::mounts_under(env.path()), Vec::<std::path::PathBuf>::new());
+    assert_eq!(
+        common::mounts_under(env.path()),
+        Vec::<std::path::PathBuf>::new()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,20 +137,41 @@ async fn refcount_across_three_containers() {
         let ids = ["c0", "c1", "c2"];
         for id in ids {
             let rootfs = env.rootfs(id);
-            let request = create_container(id, vec![volume.clone()], spec(&rootfs, &[(&mount_text, "/vol", &[])]));
-            client.create_container(context(), &request).await.expect(&env.agent_log());
+            let oci = spec(&rootfs, &[(&mount_text, "/vol", &[])]);
+            let request = create_container_request(id, vec![volume.clone()], Some(oci));
+            client
+                .create_container(context(), &request)
+                .await
+                .unwrap_or_else(|error| env.fail(error));
         }
-        let count = |path: &Path| common::mounts_under(path).iter().filter(|m| *m == path).count();
-        assert_eq!(count(&mount_point), 1, "mounted once for three containers");
+        assert_eq!(
+            mount_count(&mount_point),
+            1,
+            "mounted once for three containers"
+        );
 
         for (step, index) in order.iter().enumerate() {
             let id = ids[*index];
-            client.remove_container(context(), &remove_container(id)).await.unwrap();
-            assert_eq!(count(&env.rootfs(id).join("vol")), 0, "bind of {id} removed");
+            client
+                .remove_container(context(), &remove_container_request(id))
+                .await
+                .unwrap();
+            assert_eq!(
+                mount_count(&env.rootfs(id).join("vol")),
+                0,
+                "bind of {id} removed"
+            );
             let expected = if step < 2 { 1 } else { 0 };
-            assert_eq!(count(&mount_point), expected, "order {order:?} after removing {id}");
+            assert_eq!(
+                mount_count(&mount_point),
+                expected,
+                "order {order:?} after removing {id}"
+            );
         }
-        assert_eq!(common::mounts_under(env.path()), Vec::<std::path::PathBuf>::new());
+        assert_eq!(
+            common::mounts_under(env.path()),
+            Vec::<std::path::PathBuf>::new()
+        );
     }
 }
 
@@ -147,12 +188,8 @@ async fn sandbox_and_shared_storages_last_until_destroy() {
     let sandbox_mount = env.storage_root().join("sandbox");
     let shared_mount = env.storage_root().join("shared");
 
-    let request = CreateSandboxRequest {
-        storages: vec![storage(&sandbox_disk, "ext4", &sandbox_mount, &[])],
-        sandbox_id: "sandbox".into(),
-        ..Default::default()
-    };
-    client.create_sandbox(context(), &request).await.expect(&env.agent_log());
+    let sandbox_storage = storage(&sandbox_disk, "ext4", &sandbox_mount, &[]);
+    common::create_sandbox(&client, &env, vec![sandbox_storage]).await;
     let mut shared = storage(&shared_disk, "ext4", &shared_mount, &[]);
     shared.shared = true;
     let rootfs = env.rootfs("c1");
@@ -163,15 +200,20 @@ async fn sandbox_and_shared_storages_last_until_destroy() {
             (&shared_mount.display().to_string(), "/shared", &[]),
         ],
     );
-    let request = create_container("c1", vec![shared], oci);
-    client.create_container(context(), &request).await.expect(&env.agent_log());
+    let request = create_container_request("c1", vec![shared], Some(oci));
+    client
+        .create_container(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
 
-    client.remove_container(context(), &remove_container("c1")).await.unwrap();
+    client
+        .remove_container(context(), &remove_container_request("c1"))
+        .await
+        .unwrap();
     let mounts = common::mounts_under(env.path());
     assert_eq!(mounts, vec![sandbox_mount.clone(), shared_mount.clone()]);
 
-    client.destroy_sandbox(context(), &DestroySandboxRequest::new()).await.unwrap();
-    assert_eq!(common::mounts_under(env.path()), Vec::<std::path::PathBuf>::new());
+    common::destroy_sandbox(&client, &env).await;
     assert!(!sandbox_mount.exists());
     assert!(!shared_mount.exists());
 }

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::path::PathBuf;
 
 use common::{
-    context, create_container_request, create_sandbox_request, mount_count, remove_container_request,
-    spec, status_message, storage, TestEnv,
+    context, create_container_request, create_sandbox_request, mount_count,
+    remove_container_request, spec, status_message, storage, TestEnv,
 };
-use protocols::agent::DestroySandboxRequest;
 use ttrpc::Code;
 
 const EXT4_SIZE: u64 = 64 << 20;
@@ -19,7 +17,10 @@ const XFS_SIZE: u64 = 320 << 20;
 /// Lines of /proc/self/mountinfo that mention `needle`.
 fn mountinfo_lines(needle: &str) -> Vec<String> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    text.lines().filter(|line| line.contains(needle)).map(str::to_string).collect()
+    text.lines()
+        .filter(|line| line.contains(needle))
+        .map(str::to_string)
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,10 +41,7 @@ async fn kill9_then_restart_removes_everything() {
     let container_mount = env.storage_root().join("container-vol");
     let sandbox_storage = storage(&ext4, "ext4", &sandbox_mount, &[]);
     let container_storage = storage(&xfs, "xfs", &container_mount, &[]);
-    client
-        .create_sandbox(context(), &create_sandbox_request(vec![sandbox_storage.clone()]))
-        .await
-        .expect(&env.agent_log());
+    common::create_sandbox(&client, &env, vec![sandbox_storage.clone()]).await;
     let rootfs = env.rootfs("c1");
     let oci = spec(
         &rootfs,
@@ -53,29 +51,53 @@ async fn kill9_then_restart_removes_everything() {
         ],
     );
     let request = create_container_request("c1", vec![container_storage.clone()], Some(oci));
-    client.create_container(context(), &request).await.expect(&env.agent_log());
+    client
+        .create_container(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
     let attached = common::mounts_under(env.path());
-    assert_eq!(attached.len(), 4, "two storages and two binds: {attached:?}");
+    assert_eq!(
+        attached.len(),
+        4,
+        "two storages and two binds: {attached:?}"
+    );
 
     env.agent.as_mut().unwrap().kill9();
-    assert_eq!(common::mounts_under(env.path()), attached, "mounts outlive the agent");
+    assert_eq!(
+        common::mounts_under(env.path()),
+        attached,
+        "mounts outlive the agent"
+    );
     env.agent = None;
     env.start_agent();
     let client = env.client().await;
 
     // Repeats after the restart succeed without a second mount.
+    common::create_sandbox(&client, &env, vec![sandbox_storage]).await;
     client
-        .create_sandbox(context(), &create_sandbox_request(vec![sandbox_storage]))
+        .create_container(context(), &request)
         .await
-        .expect(&env.agent_log());
-    client.create_container(context(), &request).await.expect(&env.agent_log());
-    assert_eq!(common::mounts_under(env.path()), attached, "nothing mounted twice");
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(
+        common::mounts_under(env.path()),
+        attached,
+        "nothing mounted twice"
+    );
 
-    client.remove_container(context(), &remove_container_request("c1")).await.unwrap();
-    assert_eq!(common::mounts_under(env.path()), vec![sandbox_mount.clone()]);
-    client.destroy_sandbox(context(), &DestroySandboxRequest::new()).await.unwrap();
-
-    assert_eq!(mountinfo_lines(&test_path), mountinfo_before, "mountinfo ends as it began");
+    client
+        .remove_container(context(), &remove_container_request("c1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        common::mounts_under(env.path()),
+        vec![sandbox_mount.clone()]
+    );
+    common::destroy_sandbox(&client, &env).await;
+    assert_eq!(
+        mountinfo_lines(&test_path),
+        mountinfo_before,
+        "mountinfo ends as it began"
+    );
     assert_eq!(common::saved_storage_count(&env.state_file()), 0);
     assert!(!sandbox_mount.exists());
     assert!(!container_mount.exists());
@@ -93,10 +115,7 @@ async fn restart_adopts_unrecorded_mount() {
     let client = env.client().await;
     let mount_point = env.storage_root().join("vol");
     let volume = storage(&ext4, "ext4", &mount_point, &[]);
-    client
-        .create_sandbox(context(), &create_sandbox_request(vec![volume.clone()]))
-        .await
-        .expect(&env.agent_log());
+    common::create_sandbox(&client, &env, vec![volume.clone()]).await;
 
     // Losing the state file is what a crash between mount and save leaves.
     env.agent.as_mut().unwrap().kill9();
@@ -105,11 +124,12 @@ async fn restart_adopts_unrecorded_mount() {
     env.start_agent();
     let client = env.client().await;
 
-    client
-        .create_sandbox(context(), &create_sandbox_request(vec![volume]))
-        .await
-        .expect(&env.agent_log());
-    assert_eq!(mount_count(&mount_point), 1, "the existing mount is recorded, not repeated");
+    common::create_sandbox(&client, &env, vec![volume]).await;
+    assert_eq!(
+        mount_count(&mount_point),
+        1,
+        "the existing mount is recorded, not repeated"
+    );
 
     let conflicting = storage(&other, "ext4", &mount_point, &[]);
     let result = client
@@ -117,11 +137,16 @@ async fn restart_adopts_unrecorded_mount() {
         .await;
     let (code, message) = status_message(result);
     assert_eq!(code, Code::FAILED_PRECONDITION, "{message}");
-    assert!(message.contains(&ext4), "names the mounted device: {message}");
-    assert!(message.contains(&other), "names the requested device: {message}");
+    assert!(
+        message.contains(&ext4),
+        "names the mounted device: {message}"
+    );
+    assert!(
+        message.contains(&other),
+        "names the requested device: {message}"
+    );
 
-    client.destroy_sandbox(context(), &DestroySandboxRequest::new()).await.unwrap();
-    assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
+    common::destroy_sandbox(&client, &env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,10 +160,7 @@ async fn restart_drops_records_of_gone_mounts() {
     let client = env.client().await;
     let mount_point = env.storage_root().join("vol");
     let volume = storage(&ext4, "ext4", &mount_point, &[]);
-    client
-        .create_sandbox(context(), &create_sandbox_request(vec![volume.clone()]))
-        .await
-        .expect(&env.agent_log());
+    common::create_sandbox(&client, &env, vec![volume.clone()]).await;
     assert_eq!(common::saved_storage_count(&env.state_file()), 1);
 
     env.agent.as_mut().unwrap().kill9();
@@ -147,13 +169,16 @@ async fn restart_drops_records_of_gone_mounts() {
     env.start_agent();
     let client = env.client().await;
 
-    assert_eq!(common::saved_storage_count(&env.state_file()), 0, "stale record dropped at start");
-    assert!(!mount_point.exists(), "the directory the agent made is removed with the record");
-    client
-        .create_sandbox(context(), &create_sandbox_request(vec![volume]))
-        .await
-        .expect(&env.agent_log());
+    assert_eq!(
+        common::saved_storage_count(&env.state_file()),
+        0,
+        "stale record dropped at start"
+    );
+    assert!(
+        !mount_point.exists(),
+        "the directory the agent made is removed with the record"
+    );
+    common::create_sandbox(&client, &env, vec![volume]).await;
     assert_eq!(mount_count(&mount_point), 1, "mounted again after the drop");
-    client.destroy_sandbox(context(), &DestroySandboxRequest::new()).await.unwrap();
-    assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
+    common::destroy_sandbox(&client, &env).await;
 }

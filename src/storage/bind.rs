@@ -28,7 +28,10 @@ pub(super) struct BindRequest {
 impl StorageManager {
     /// Picks the OCI mounts whose source lies under the storage root and
     /// validates them; other mounts are not this manager's concern.
-    pub(super) fn parse_binds(&self, spec: Option<&Spec>) -> Result<Vec<BindRequest>, StorageError> {
+    pub(super) fn parse_binds(
+        &self,
+        spec: Option<&Spec>,
+    ) -> Result<Vec<BindRequest>, StorageError> {
         let Some(spec) = spec else {
             return Ok(Vec::new());
         };
@@ -40,10 +43,17 @@ impl StorageManager {
             if !source.starts_with(&self.config.root) {
                 continue;
             }
-            let rootfs_text = spec.Root.as_ref().map(|root| root.Path.as_str()).unwrap_or_default();
+            let rootfs_text = spec
+                .Root
+                .as_ref()
+                .map(|root| root.Path.as_str())
+                .unwrap_or_default();
             let rootfs = path::clean_absolute("Root.Path", rootfs_text)?;
             let destination = path::clean_absolute("destination", &mount.destination)?;
-            let destination = destination.strip_prefix("/").unwrap_or(&destination).to_path_buf();
+            let destination = destination
+                .strip_prefix("/")
+                .unwrap_or(&destination)
+                .to_path_buf();
             if destination.as_os_str().is_empty() {
                 return Err(StorageError::Invalid {
                     field: "destination",
@@ -106,20 +116,31 @@ impl StorageManager {
             });
         };
         let _guard = self.lock_key(&volume).await;
-        let relative = request.source.strip_prefix(&volume).unwrap_or(Path::new(""));
+        let relative = request
+            .source
+            .strip_prefix(&volume)
+            .unwrap_or(Path::new(""));
         let source = path::resolve_in_root("source", &volume, relative, None)?;
-        let kind = match FileType::from_raw_mode(rustix::fs::fstat(&source.fd).map_err(|errno| {
-            resolve_error("source", &volume, relative, errno)
-        })?.st_mode)
-        {
+        let kind = match FileType::from_raw_mode(
+            rustix::fs::fstat(&source.fd)
+                .map_err(|errno| resolve_error("source", &volume, relative, errno))?
+                .st_mode,
+        ) {
             FileType::Directory => NodeKind::Directory,
             _ => NodeKind::File,
         };
 
-        let target = path::resolve_in_root("destination", &request.rootfs, &request.destination, Some(kind))?;
-        let already_bound = self.lock_state().binds.get(container_id).is_some_and(|binds| {
-            binds.iter().any(|bind| bind.target == target.real_path)
-        });
+        let target = path::resolve_in_root(
+            "destination",
+            &request.rootfs,
+            &request.destination,
+            Some(kind),
+        )?;
+        let already_bound = self
+            .lock_state()
+            .binds
+            .get(container_id)
+            .is_some_and(|binds| binds.iter().any(|bind| bind.target == target.real_path));
         if already_bound {
             return Ok(None);
         }
@@ -134,7 +155,11 @@ impl StorageManager {
             return Err(error);
         }
         let saved = self.update_state(|state| {
-            state.binds.entry(container_id.to_string()).or_default().push(record.clone())
+            state
+                .binds
+                .entry(container_id.to_string())
+                .or_default()
+                .push(record.clone())
         });
         if let Err(error) = saved {
             self.undo_mount(&record.target);
@@ -169,7 +194,13 @@ impl StorageManager {
     ) -> Result<(), StorageError> {
         let bind_flags = request.options.bind.unwrap_or(MsFlags::MS_BIND);
         self.mounter
-            .mount(Some(&source.proc_path()), &target.proc_path(), None, bind_flags, None)
+            .mount(
+                Some(&source.proc_path()),
+                &target.proc_path(),
+                None,
+                bind_flags,
+                None,
+            )
             .map_err(|error| StorageError::Bind {
                 source_path: source.real_path.clone(),
                 target: target.real_path.clone(),
@@ -179,7 +210,8 @@ impl StorageManager {
         let finish = || -> Result<(), StorageError> {
             // The target descriptor still names the directory under the new
             // mount, so the bind is reached again through the rootfs.
-            let mounted = path::resolve_in_root("destination", &request.rootfs, &request.destination, None)?;
+            let mounted =
+                path::resolve_in_root("destination", &request.rootfs, &request.destination, None)?;
             let flags = self.storage_flags(storage) | request.options.per_mount_flags();
             if !flags.is_empty() {
                 self.remount(&mounted.proc_path(), MsFlags::MS_BIND | flags)?;
@@ -224,7 +256,12 @@ impl StorageManager {
     /// Removes every bind of a container, trying all of them; returns the
     /// first failure.
     pub(super) async fn unbind_container(&self, container_id: &str) -> Result<(), StorageError> {
-        let binds = self.lock_state().binds.get(container_id).cloned().unwrap_or_default();
+        let binds = self
+            .lock_state()
+            .binds
+            .get(container_id)
+            .cloned()
+            .unwrap_or_default();
         let mut first_error = None;
         for record in binds.iter().rev() {
             let _guard = self.lock_key(&record.storage).await;
@@ -243,7 +280,12 @@ impl StorageManager {
     }
 }
 
-fn resolve_error(field: &'static str, root: &Path, path: &Path, errno: rustix::io::Errno) -> StorageError {
+fn resolve_error(
+    field: &'static str,
+    root: &Path,
+    path: &Path,
+    errno: rustix::io::Errno,
+) -> StorageError {
     StorageError::Resolve {
         field,
         root: root.to_path_buf(),

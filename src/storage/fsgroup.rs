@@ -27,7 +27,11 @@ const READ_ONLY_MASK: u32 = 0o440;
 const DIRECTORY_EXTRA: u32 = 0o110 | libc::S_ISGID;
 
 fn mask(is_directory: bool, read_only: bool) -> u32 {
-    let base = if read_only { READ_ONLY_MASK } else { READ_WRITE_MASK };
+    let base = if read_only {
+        READ_ONLY_MASK
+    } else {
+        READ_WRITE_MASK
+    };
     if is_directory {
         base | DIRECTORY_EXTRA
     } else {

@@ -144,7 +144,11 @@ impl StorageManager {
         if !request.is_raw_block() {
             probe::check_superblock(&device.dev_path, &request.fstype)?;
         }
-        let kind = if request.is_raw_block() { NodeKind::File } else { NodeKind::Directory };
+        let kind = if request.is_raw_block() {
+            NodeKind::File
+        } else {
+            NodeKind::Directory
+        };
         let created = path::create_mount_point(&self.config.root, mount_point, kind)?;
         let started = Instant::now();
         if let Err(error) = self.mount_storage(request, &device) {
@@ -163,7 +167,7 @@ impl StorageManager {
             return Err(error);
         }
         info!(self.logger, "storage mounted";
-            "mount_point" => %mount_point.display(), "device" => %device.dev_path.display(),
+            "storage_id" => storage_id(mount_point), "mount_point" => %mount_point.display(), "device" => %device.dev_path.display(),
             "fstype" => &request.fstype, "elapsed_ms" => started.elapsed().as_millis() as u64);
         Ok(true)
     }
@@ -184,7 +188,12 @@ impl StorageManager {
         if (volume.major, volume.minor) != (device.major, device.minor) {
             return Err(device_conflict(
                 &request.mount_point,
-                format!("{} ({}:{})", volume.dev_path.display(), volume.major, volume.minor),
+                format!(
+                    "{} ({}:{})",
+                    volume.dev_path.display(),
+                    volume.major,
+                    volume.minor
+                ),
                 device,
             ));
         }
@@ -230,7 +239,11 @@ impl StorageManager {
 
     /// Mounts the filesystem (or binds the raw device) and applies the
     /// propagation and fsGroup; undoes the mount if a later step fails.
-    pub(super) fn mount_storage(&self, request: &StorageRequest, device: &BlockDevice) -> Result<(), StorageError> {
+    pub(super) fn mount_storage(
+        &self,
+        request: &StorageRequest,
+        device: &BlockDevice,
+    ) -> Result<(), StorageError> {
         let mount_point = &request.mount_point;
         let options = &request.options;
         // A read-only volume with an fsGroup is mounted read-write first, so
@@ -238,15 +251,26 @@ impl StorageManager {
         let remount_read_only = request.fs_group.is_some() && options.read_only();
 
         let mounted = if request.is_raw_block() {
-            self.mounter.mount(Some(&device.dev_path), mount_point, None, MsFlags::MS_BIND, None)
+            self.mounter.mount(
+                Some(&device.dev_path),
+                mount_point,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
         } else {
             let mut flags = options.flags;
             if remount_read_only {
                 flags.remove(MsFlags::MS_RDONLY);
             }
             let data = options.data_string();
-            self.mounter
-                .mount(Some(&device.dev_path), mount_point, Some(&request.fstype), flags, data.as_deref())
+            self.mounter.mount(
+                Some(&device.dev_path),
+                mount_point,
+                Some(&request.fstype),
+                flags,
+                data.as_deref(),
+            )
         };
         mounted.map_err(|error| StorageError::Mount {
             device: device.dev_path.clone(),
@@ -293,7 +317,11 @@ impl StorageManager {
             })
     }
 
-    pub(super) fn set_propagation(&self, mount_point: &Path, flags: MsFlags) -> Result<(), StorageError> {
+    pub(super) fn set_propagation(
+        &self,
+        mount_point: &Path,
+        flags: MsFlags,
+    ) -> Result<(), StorageError> {
         self.mounter
             .mount(None, mount_point, None, flags, None)
             .map_err(|error| StorageError::SetPropagation {
@@ -309,7 +337,8 @@ impl StorageManager {
         let result = match self.mounter.umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
             Err(Errno::EBUSY) => {
                 warn!(self.logger, "mount busy, detaching lazily"; "mount_point" => %target.display());
-                self.mounter.umount2(target, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH)
+                self.mounter
+                    .umount2(target, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH)
             }
             other => other,
         };
@@ -339,7 +368,11 @@ impl StorageManager {
     }
 
     /// Drops `owner`'s reference to one storage and unmounts it when unused.
-    pub(super) async fn release_one(&self, owner: &Owner, mount_point: &Path) -> Result<(), StorageError> {
+    pub(super) async fn release_one(
+        &self,
+        owner: &Owner,
+        mount_point: &Path,
+    ) -> Result<(), StorageError> {
         let _guard = self.lock_key(mount_point).await;
         let unused = self.update_state(|state| state.drop_owner(mount_point, owner))?;
         if unused {
@@ -357,7 +390,7 @@ impl StorageManager {
         path::remove_created(&record.created);
         self.update_state(|state| state.storages.remove(mount_point))?;
         info!(self.logger, "storage unmounted";
-            "mount_point" => %mount_point.display(), "device" => %record.volume.dev_path.display());
+            "storage_id" => storage_id(mount_point), "mount_point" => %mount_point.display(), "device" => %record.volume.dev_path.display());
         Ok(())
     }
 
@@ -371,7 +404,9 @@ impl StorageManager {
     ) -> Result<(), StorageError> {
         let owner = Owner::Container(container_id.to_string());
         let binds = self.parse_binds(spec)?;
-        let (_, new_references) = self.add_storages_undoable(&owner, storages, timeout).await?;
+        let (_, new_references) = self
+            .add_storages_undoable(&owner, storages, timeout)
+            .await?;
         if let Err(error) = self.bind_container(container_id, &binds).await {
             self.release(&owner, &new_references).await;
             return Err(error);
@@ -439,19 +474,27 @@ impl StorageManager {
         // per mount point ever used, which bounds it by the storages a
         // sandbox sees.
         let lock = {
-            let mut locks = self.locks.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             locks.entry(mount_point.to_path_buf()).or_default().clone()
         };
         lock.lock_owned().await
     }
 
     pub(super) fn lock_state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Applies `change` to the state and saves it; on a failed save the
     /// change is rolled back so memory and file agree.
-    pub(super) fn update_state<T>(&self, change: impl FnOnce(&mut State) -> T) -> Result<T, StorageError> {
+    pub(super) fn update_state<T>(
+        &self,
+        change: impl FnOnce(&mut State) -> T,
+    ) -> Result<T, StorageError> {
         let mut state = self.lock_state();
         let previous = state.clone();
         let value = change(&mut state);
@@ -468,7 +511,18 @@ impl StorageManager {
     }
 }
 
-fn new_record(request: &StorageRequest, device: &BlockDevice, created: Vec<PathBuf>) -> StorageRecord {
+/// The storage's id as the host names it: the last component of its mount
+/// point (the Kata runtime uses the base64url of the source).
+fn storage_id(mount_point: &Path) -> String {
+    let name = mount_point.file_name().unwrap_or_default();
+    name.to_string_lossy().into_owned()
+}
+
+fn new_record(
+    request: &StorageRequest,
+    device: &BlockDevice,
+    created: Vec<PathBuf>,
+) -> StorageRecord {
     StorageRecord {
         volume: ManagedVolume {
             mount_point: request.mount_point.clone(),
@@ -490,7 +544,12 @@ fn device_conflict(mount_point: &Path, mounted: String, requested: &BlockDevice)
     StorageError::DeviceConflict {
         mount_point: mount_point.to_path_buf(),
         mounted,
-        requested: format!("{} ({}:{})", requested.dev_path.display(), requested.major, requested.minor),
+        requested: format!(
+            "{} ({}:{})",
+            requested.dev_path.display(),
+            requested.major,
+            requested.minor
+        ),
     }
 }
 
@@ -505,7 +564,10 @@ fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u3
         return None;
     }
     let rdev = metadata.rdev();
-    Some((nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32))
+    Some((
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    ))
 }
 
 /// Drops records whose mount is gone or now holds another device, so the

@@ -36,7 +36,8 @@ impl Fixture {
             root: directory.path().join("storage"),
             state_file: directory.path().join("state.json"),
         };
-        let manager = StorageManager::with_mounter(logger, config, registry, mounter.clone()).unwrap();
+        let manager =
+            StorageManager::with_mounter(logger, config, registry, mounter.clone()).unwrap();
         Fixture {
             directory,
             mounter,
@@ -55,7 +56,11 @@ impl Fixture {
     }
 
     fn fail_next(&self, outcomes: &[Option<Errno>]) {
-        self.mounter.failures.lock().unwrap().extend(outcomes.iter().copied());
+        self.mounter
+            .failures
+            .lock()
+            .unwrap()
+            .extend(outcomes.iter().copied());
     }
 
     fn saved_storages(&self) -> usize {
@@ -66,9 +71,13 @@ impl Fixture {
 
 /// Any block device node, or `None` (the test then skips) when /dev has none.
 fn any_block_device() -> Option<PathBuf> {
-    std::fs::read_dir("/dev").ok()?.flatten().map(|entry| entry.path()).find(|path| {
-        std::fs::metadata(path).is_ok_and(|metadata| metadata.file_type().is_block_device())
-    })
+    std::fs::read_dir("/dev")
+        .ok()?
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|path| {
+            std::fs::metadata(path).is_ok_and(|metadata| metadata.file_type().is_block_device())
+        })
 }
 
 fn raw_storage(device: &Path, mount_point: &Path) -> Storage {
@@ -122,7 +131,11 @@ async fn refcount_mounts_once_and_unmounts_after_last() {
 
     let rootfs1 = fixture.rootfs("c1");
     let spec1 = spec(&rootfs1, &mount_point, "/dev/xvdb", &["ro"]);
-    fixture.manager.create_container("c1", &[storage.clone()], Some(&spec1), TIMEOUT).await.unwrap();
+    fixture
+        .manager
+        .create_container("c1", std::slice::from_ref(&storage), Some(&spec1), TIMEOUT)
+        .await
+        .unwrap();
     let calls = fixture.mounter.calls();
     assert_eq!(calls.len(), 4, "{calls:#?}");
     assert_eq!(
@@ -135,22 +148,46 @@ async fn refcount_mounts_once_and_unmounts_after_last() {
             data: None,
         }
     );
-    assert_eq!(flags_of(&calls[1]), MsFlags::MS_BIND, "bind into the rootfs");
-    assert_eq!(flags_of(&calls[2]), MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY);
-    assert_eq!(flags_of(&calls[3]), MsFlags::MS_PRIVATE, "default propagation");
-    assert!(rootfs1.join("dev/xvdb").is_file(), "a file target for a file source");
+    assert_eq!(
+        flags_of(&calls[1]),
+        MsFlags::MS_BIND,
+        "bind into the rootfs"
+    );
+    assert_eq!(
+        flags_of(&calls[2]),
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY
+    );
+    assert_eq!(
+        flags_of(&calls[3]),
+        MsFlags::MS_PRIVATE,
+        "default propagation"
+    );
+    assert!(
+        rootfs1.join("dev/xvdb").is_file(),
+        "a file target for a file source"
+    );
 
     let rootfs2 = fixture.rootfs("c2");
     let spec2 = spec(&rootfs2, &mount_point, "/dev/xvdb", &["rslave"]);
-    fixture.manager.create_container("c2", &[storage.clone()], Some(&spec2), TIMEOUT).await.unwrap();
+    fixture
+        .manager
+        .create_container("c2", std::slice::from_ref(&storage), Some(&spec2), TIMEOUT)
+        .await
+        .unwrap();
     let calls = fixture.mounter.calls();
     assert_eq!(calls.len(), 6, "no second device mount: {calls:#?}");
     assert_eq!(flags_of(&calls[5]), MsFlags::MS_SLAVE | MsFlags::MS_REC);
 
     fixture.manager.remove_container("c1").await.unwrap();
     let real_rootfs1 = rootfs1.canonicalize().unwrap();
-    assert_eq!(umount_targets(&fixture.mounter.calls()), vec![real_rootfs1.join("dev/xvdb")]);
-    assert!(fixture.manager.lookup_path(&mount_point).is_some(), "still used by c2");
+    assert_eq!(
+        umount_targets(&fixture.mounter.calls()),
+        vec![real_rootfs1.join("dev/xvdb")]
+    );
+    assert!(
+        fixture.manager.lookup_path(&mount_point).is_some(),
+        "still used by c2"
+    );
     assert!(!rootfs1.join("dev").exists(), "created bind target removed");
 
     fixture.manager.remove_container("c2").await.unwrap();
@@ -174,16 +211,28 @@ async fn failed_mount_leaves_nothing() {
     let storages = [raw_storage(&device, &first), raw_storage(&device, &second)];
     fixture.fail_next(&[None, Some(Errno::EPERM)]);
 
-    let error = fixture.manager.add_storages(&super::Owner::Sandbox, &storages, TIMEOUT).await.unwrap_err();
+    let error = fixture
+        .manager
+        .add_storages(&super::Owner::Sandbox, &storages, TIMEOUT)
+        .await
+        .unwrap_err();
 
     assert_eq!(error.code(), ttrpc::Code::INTERNAL, "{error}");
-    assert_eq!(umount_targets(&fixture.mounter.calls()), vec![first.clone()], "first undone");
+    assert_eq!(
+        umount_targets(&fixture.mounter.calls()),
+        vec![first.clone()],
+        "first undone"
+    );
     assert!(!first.exists());
     assert!(!fixture.root().join("nested").exists());
     assert!(fixture.manager.state_snapshot().storages.is_empty());
     assert_eq!(fixture.saved_storages(), 0);
 
-    fixture.manager.add_storages(&super::Owner::Sandbox, &storages, TIMEOUT).await.unwrap();
+    fixture
+        .manager
+        .add_storages(&super::Owner::Sandbox, &storages, TIMEOUT)
+        .await
+        .unwrap();
     assert!(second.is_file(), "a retry does the whole work again");
     assert_eq!(fixture.saved_storages(), 2);
 }
@@ -202,11 +251,19 @@ async fn failed_bind_releases_new_references() {
 
     let result = fixture
         .manager
-        .create_container("c1", &[raw_storage(&device, &mount_point)], Some(&container_spec), TIMEOUT)
+        .create_container(
+            "c1",
+            &[raw_storage(&device, &mount_point)],
+            Some(&container_spec),
+            TIMEOUT,
+        )
         .await;
 
     assert!(result.is_err());
-    assert_eq!(umount_targets(&fixture.mounter.calls()), vec![mount_point.clone()]);
+    assert_eq!(
+        umount_targets(&fixture.mounter.calls()),
+        vec![mount_point.clone()]
+    );
     assert!(!rootfs.join("data").exists(), "bind target removed");
     assert!(!mount_point.exists());
     assert!(fixture.manager.state_snapshot().binds.is_empty());
@@ -218,17 +275,55 @@ async fn bad_request_touches_nothing() {
     let fixture = Fixture::new();
     let valid_device = any_block_device().unwrap_or_else(|| PathBuf::from("/dev/loop0"));
     let cases = [
-        ("unknown driver", Storage { driver: "floppy".into(), ..raw_storage(&valid_device, &fixture.root().join("a")) }),
-        ("escape", raw_storage(&valid_device, &fixture.root().join("../escape"))),
-        ("conflict", Storage { options: vec!["ro".into(), "rw".into()], ..raw_storage(&valid_device, &fixture.root().join("b")) }),
-        ("bind option", Storage { options: vec!["bind".into()], ..raw_storage(&valid_device, &fixture.root().join("c")) }),
-        ("fstype", Storage { fstype: "nosuchfs".into(), ..raw_storage(&valid_device, &fixture.root().join("d")) }),
+        (
+            "unknown driver",
+            Storage {
+                driver: "floppy".into(),
+                ..raw_storage(&valid_device, &fixture.root().join("a"))
+            },
+        ),
+        (
+            "escape",
+            raw_storage(&valid_device, &fixture.root().join("../escape")),
+        ),
+        (
+            "conflict",
+            Storage {
+                options: vec!["ro".into(), "rw".into()],
+                ..raw_storage(&valid_device, &fixture.root().join("b"))
+            },
+        ),
+        (
+            "bind option",
+            Storage {
+                options: vec!["bind".into()],
+                ..raw_storage(&valid_device, &fixture.root().join("c"))
+            },
+        ),
+        (
+            "fstype",
+            Storage {
+                fstype: "nosuchfs".into(),
+                ..raw_storage(&valid_device, &fixture.root().join("d"))
+            },
+        ),
     ];
     for (name, storage) in cases {
         // A valid storage first: it must not be mounted either.
-        let storages = [raw_storage(&valid_device, &fixture.root().join("good")), storage];
-        let error = fixture.manager.add_storages(&super::Owner::Sandbox, &storages, TIMEOUT).await.unwrap_err();
-        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{name}: {error}");
+        let storages = [
+            raw_storage(&valid_device, &fixture.root().join("good")),
+            storage,
+        ];
+        let error = fixture
+            .manager
+            .add_storages(&super::Owner::Sandbox, &storages, TIMEOUT)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.code(),
+            ttrpc::Code::INVALID_ARGUMENT,
+            "{name}: {error}"
+        );
     }
     assert!(fixture.mounter.calls().is_empty());
     assert!(!fixture.root().join("good").exists());
@@ -275,10 +370,19 @@ async fn read_only_fs_group_mounts_rw_then_remounts() {
         "mounted read-write for the ownership change"
     );
     assert_eq!(flags_of(&calls[1]), MsFlags::MS_SHARED | MsFlags::MS_REC);
-    assert_eq!(flags_of(&calls[2]), MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID);
+    assert_eq!(
+        flags_of(&calls[2]),
+        MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID
+    );
     assert_eq!(calls.len(), 3);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&mount_point).unwrap().permissions());
-    assert_eq!(mode & 0o2050, 0o2050, "group read, search and setgid on the root");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&mount_point).unwrap().permissions(),
+    );
+    assert_eq!(
+        mode & 0o2050,
+        0o2050,
+        "group read, search and setgid on the root"
+    );
 }
 
 #[tokio::test]
@@ -296,5 +400,11 @@ async fn busy_unmount_falls_back_to_detach() {
             MountCall::Mount { .. } => panic!("unexpected mount"),
         })
         .collect();
-    assert_eq!(flags, vec![MntFlags::UMOUNT_NOFOLLOW, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH]);
+    assert_eq!(
+        flags,
+        vec![
+            MntFlags::UMOUNT_NOFOLLOW,
+            MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH
+        ]
+    );
 }

@@ -13,6 +13,8 @@ mod bind;
 mod error;
 mod fsgroup;
 mod manager;
+#[cfg(test)]
+mod manager_tests;
 pub mod mounter;
 pub mod mountinfo;
 pub mod options;
@@ -20,8 +22,6 @@ pub mod path;
 pub mod probe;
 mod request;
 mod state;
-#[cfg(test)]
-mod manager_tests;
 
 use std::path::PathBuf;
 

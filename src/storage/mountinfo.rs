@@ -29,7 +29,10 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
 /// The top-most mount at `mount_point`, if any: the kernel lists mounts in
 /// the order they were made, so a later line covers an earlier one.
 pub fn find_mount<'a>(entries: &'a [MountEntry], mount_point: &Path) -> Option<&'a MountEntry> {
-    entries.iter().rev().find(|entry| entry.mount_point == mount_point)
+    entries
+        .iter()
+        .rev()
+        .find(|entry| entry.mount_point == mount_point)
 }
 
 fn parse_line(line: &str) -> Option<MountEntry> {
@@ -97,7 +100,10 @@ bad line without separator
     fn mountinfo_decodes_octal_escapes() {
         let entries = parse_mountinfo(SAMPLE);
         assert_eq!(entries.len(), 4);
-        assert_eq!(entries[1].mount_point, PathBuf::from("/run/storage/with space"));
+        assert_eq!(
+            entries[1].mount_point,
+            PathBuf::from("/run/storage/with space")
+        );
         assert_eq!(entries[1].fstype, "xfs");
         assert_eq!(entries[1].source, "/dev/loop3");
         assert_eq!((entries[1].major, entries[1].minor), (7, 3));

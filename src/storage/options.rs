@@ -41,6 +41,10 @@ const FLAG_PAIRS: &[(&str, &str, MsFlags)] = &[
     ("lazytime", "nolazytime", MsFlags::MS_LAZYTIME),
     ("silent", "loud", MsFlags::MS_SILENT),
     ("mand", "nomand", MsFlags::MS_MANDLOCK),
+    ("iversion", "noiversion", MsFlags::MS_I_VERSION),
+    ("noatime", "atime", MsFlags::MS_NOATIME),
+    ("relatime", "norelatime", MsFlags::MS_RELATIME),
+    ("strictatime", "nostrictatime", MsFlags::MS_STRICTATIME),
 ];
 
 /// Access-time modes; the kernel takes at most one of them.
@@ -49,9 +53,6 @@ const ATIME_MODES: &[(&str, MsFlags)] = &[
     ("relatime", MsFlags::MS_RELATIME),
     ("strictatime", MsFlags::MS_STRICTATIME),
 ];
-
-/// Options that undo an access-time mode rather than select one.
-const ATIME_CLEARS: &[&str] = &["atime", "norelatime", "nostrictatime"];
 
 const PROPAGATION: &[(&str, MsFlags)] = &[
     ("shared", MsFlags::MS_SHARED),
@@ -66,8 +67,9 @@ const USERSPACE_ONLY: &[&str] = &[
     "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev", "nofail",
 ];
 
-/// Options that describe a different kind of mount than mounting a device.
-const NOT_FOR_DEVICE: &[&str] = &["remount", "move", "loop"];
+/// Options that ask for another kind of mount (a remount, a move, a loop
+/// device), which a request never gets.
+const OTHER_MOUNT_KINDS: &[&str] = &["remount", "move", "loop"];
 
 impl Default for MountOptions {
     fn default() -> MountOptions {
@@ -85,8 +87,7 @@ impl MountOptions {
     /// and commas inside double quotes (`context="a,b"`) do not split.
     pub fn parse(options: &[String], context: OptionContext) -> Result<MountOptions, StorageError> {
         let mut parsed = MountOptions::default();
-        let mut seen_flags: Vec<(&'static str, MsFlags)> = Vec::new();
-        let mut atime: Option<&str> = None;
+        let mut seen_flags: Vec<&str> = Vec::new();
         let mut propagation: Option<String> = None;
 
         for entry in options {
@@ -94,29 +95,21 @@ impl MountOptions {
                 let option = option.as_str();
                 let name = option.split('=').next().unwrap_or_default();
 
-                if let Some(&(set, clear, flag)) =
-                    FLAG_PAIRS.iter().find(|(set, clear, _)| option == *set || option == *clear)
+                if let Some(&(set, clear, flag)) = FLAG_PAIRS
+                    .iter()
+                    .find(|(set, clear, _)| option == *set || option == *clear)
                 {
                     let side = if option == set { set } else { clear };
                     let other = if side == set { clear } else { set };
-                    if seen_flags.iter().any(|(seen, _)| *seen == other) {
+                    if seen_flags.contains(&other) {
                         return Err(conflict(side, other));
                     }
-                    seen_flags.push((side, flag));
+                    seen_flags.push(side);
                     parsed.flags.set(flag, side == set);
-                } else if let Some(&(mode, flag)) = ATIME_MODES.iter().find(|(mode, _)| option == *mode)
-                {
-                    if let Some(previous) = atime.filter(|previous| *previous != mode) {
-                        return Err(conflict(mode, previous));
-                    }
-                    atime = Some(mode);
-                    parsed.flags.insert(flag);
-                } else if ATIME_CLEARS.contains(&option) {
-                    if let Some(previous) = atime {
-                        return Err(conflict(option, previous));
-                    }
                 } else if let Some(flag) = propagation_flag(option) {
-                    if let Some(previous) = propagation.as_deref().filter(|previous| *previous != option)
+                    if let Some(previous) = propagation
+                        .as_deref()
+                        .filter(|previous| *previous != option)
                     {
                         return Err(conflict(option, previous));
                     }
@@ -126,9 +119,13 @@ impl MountOptions {
                     if context == OptionContext::Device {
                         return Err(not_for_device(option));
                     }
-                    let recursive = if option == "rbind" { MsFlags::MS_REC } else { MsFlags::empty() };
+                    let recursive = if option == "rbind" {
+                        MsFlags::MS_REC
+                    } else {
+                        MsFlags::empty()
+                    };
                     parsed.bind = Some(MsFlags::MS_BIND | recursive);
-                } else if NOT_FOR_DEVICE.contains(&name) {
+                } else if OTHER_MOUNT_KINDS.contains(&name) {
                     return Err(not_for_device(option));
                 } else if USERSPACE_ONLY.contains(&option)
                     || name.starts_with("x-")
@@ -139,6 +136,14 @@ impl MountOptions {
                     parsed.data.push(option.to_string());
                 }
             }
+        }
+        let atime_modes: Vec<&str> = ATIME_MODES
+            .iter()
+            .filter(|(_, flag)| parsed.flags.contains(*flag))
+            .map(|(name, _)| *name)
+            .collect();
+        if let [first, second, ..] = atime_modes.as_slice() {
+            return Err(conflict(second, first));
         }
         Ok(parsed)
     }
@@ -178,8 +183,14 @@ fn propagation_flag(option: &str) -> Option<MsFlags> {
         Some(rest) if PROPAGATION.iter().any(|(name, _)| *name == rest) => (rest, true),
         _ => (option, false),
     };
-    let (_, flag) = PROPAGATION.iter().find(|(candidate, _)| *candidate == name)?;
-    Some(if recursive { *flag | MsFlags::MS_REC } else { *flag })
+    let (_, flag) = PROPAGATION
+        .iter()
+        .find(|(candidate, _)| *candidate == name)?;
+    Some(if recursive {
+        *flag | MsFlags::MS_REC
+    } else {
+        *flag
+    })
 }
 
 fn conflict(option: &str, previous: &str) -> StorageError {
@@ -261,28 +272,58 @@ mod tests {
         let cases: &[(&[&str], MsFlags)] = &[
             (&["ro"], MsFlags::MS_RDONLY),
             (&["rw"], MsFlags::empty()),
-            (&["nosuid", "nodev", "noexec"], MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC),
+            (
+                &["nosuid", "nodev", "noexec"],
+                MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            ),
             (&["suid", "dev", "exec"], MsFlags::empty()),
-            (&["sync", "dirsync"], MsFlags::MS_SYNCHRONOUS | MsFlags::MS_DIRSYNC),
+            (
+                &["sync", "dirsync"],
+                MsFlags::MS_SYNCHRONOUS | MsFlags::MS_DIRSYNC,
+            ),
             (&["async"], MsFlags::empty()),
-            (&["noatime", "nodiratime"], MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME),
+            (
+                &["noatime", "nodiratime"],
+                MsFlags::MS_NOATIME | MsFlags::MS_NODIRATIME,
+            ),
             (&["relatime"], MsFlags::MS_RELATIME),
-            (&["strictatime", "lazytime"], MsFlags::MS_STRICTATIME | MsFlags::MS_LAZYTIME),
+            (
+                &["strictatime", "lazytime"],
+                MsFlags::MS_STRICTATIME | MsFlags::MS_LAZYTIME,
+            ),
             (&["atime", "diratime", "nolazytime"], MsFlags::empty()),
+            (&["relatime", "atime"], MsFlags::MS_RELATIME),
+            (&["noatime", "norelatime"], MsFlags::MS_NOATIME),
+            (&["iversion"], MsFlags::MS_I_VERSION),
             (&["ro,nosuid"], MsFlags::MS_RDONLY | MsFlags::MS_NOSUID),
-            (&["defaults", "noauto", "nofail", "x-systemd.automount", "_netdev"], MsFlags::empty()),
+            (
+                &[
+                    "defaults",
+                    "noauto",
+                    "nofail",
+                    "x-systemd.automount",
+                    "_netdev",
+                ],
+                MsFlags::empty(),
+            ),
         ];
         for (options, flags) in cases {
             let parsed = device(options);
             assert_eq!(parsed.flags, *flags, "{options:?}");
-            assert!(parsed.data.is_empty(), "{options:?} gave data {:?}", parsed.data);
+            assert!(
+                parsed.data.is_empty(),
+                "{options:?} gave data {:?}",
+                parsed.data
+            );
             assert_eq!(parsed.propagation, None, "{options:?}");
         }
     }
 
     #[test]
     fn data_keeps_quoted_commas() {
-        let parsed = device(&[r#"ro,discard,context="system_u:object_r:svirt_sandbox_file_t:s0:c1,c2",errors=remount-ro"#]);
+        let parsed = device(&[
+            r#"ro,discard,context="system_u:object_r:svirt_sandbox_file_t:s0:c1,c2",errors=remount-ro"#,
+        ]);
         assert_eq!(parsed.flags, MsFlags::MS_RDONLY);
         assert_eq!(
             parsed.data,
@@ -314,7 +355,11 @@ mod tests {
         for (option, flags) in cases {
             let parsed = device(&[option]);
             assert_eq!(parsed.propagation, Some(flags), "{option}");
-            assert_eq!(parsed.flags, MsFlags::empty(), "{option} must not reach the mount flags");
+            assert_eq!(
+                parsed.flags,
+                MsFlags::empty(),
+                "{option} must not reach the mount flags"
+            );
         }
         assert!(propagation_flag("rdiscard").is_none());
     }
@@ -331,6 +376,7 @@ mod tests {
             &["noatime", "relatime"],
             &["strictatime", "noatime"],
             &["relatime", "norelatime"],
+            &["atime", "noatime"],
             &["shared", "private"],
             &["rslave", "slave"],
         ];
@@ -338,13 +384,24 @@ mod tests {
             let message = rejected(options, OptionContext::Device);
             assert!(message.contains("conflicts"), "{options:?}: {message}");
         }
-        assert_eq!(device(&["ro", "ro"]).flags, MsFlags::MS_RDONLY, "a repeat is no conflict");
+        assert_eq!(
+            device(&["ro", "ro"]).flags,
+            MsFlags::MS_RDONLY,
+            "a repeat is no conflict"
+        );
         assert_eq!(device(&["noatime", "noatime"]).flags, MsFlags::MS_NOATIME);
     }
 
     #[test]
     fn device_rejects_bind_remount_and_loop() {
-        for option in ["bind", "rbind", "remount", "move", "loop", "loop=/dev/loop0"] {
+        for option in [
+            "bind",
+            "rbind",
+            "remount",
+            "move",
+            "loop",
+            "loop=/dev/loop0",
+        ] {
             let message = rejected(&[option], OptionContext::Device);
             assert!(message.contains(option), "{option}: {message}");
         }
@@ -366,7 +423,11 @@ mod tests {
         assert!(message.contains("quote"), "{message}");
         let message = rejected(&["ro\0rw"], OptionContext::Device);
         assert!(message.contains("NUL"), "{message}");
-        assert_eq!(device(&["", " , ro ,"]).flags, MsFlags::MS_RDONLY, "empty entries skipped");
+        assert_eq!(
+            device(&["", " , ro ,"]).flags,
+            MsFlags::MS_RDONLY,
+            "empty entries skipped"
+        );
     }
 
     #[test]

@@ -61,7 +61,11 @@ pub fn validate_mount_point(root: &Path, text: &str) -> Result<PathBuf, StorageE
         return Err(StorageError::Invalid {
             field: "mount_point",
             value: text.to_string(),
-            reason: format!("resolves to {}, which is not below the storage root {}", mount_point.display(), root.display()),
+            reason: format!(
+                "resolves to {}, which is not below the storage root {}",
+                mount_point.display(),
+                root.display()
+            ),
         });
     }
     Ok(mount_point)
@@ -75,11 +79,13 @@ pub fn create_mount_point(
     mount_point: &Path,
     kind: NodeKind,
 ) -> Result<Vec<PathBuf>, StorageError> {
-    let relative = mount_point.strip_prefix(root).map_err(|_| StorageError::Invalid {
-        field: "mount_point",
-        value: mount_point.display().to_string(),
-        reason: format!("is not below the storage root {}", root.display()),
-    })?;
+    let relative = mount_point
+        .strip_prefix(root)
+        .map_err(|_| StorageError::Invalid {
+            field: "mount_point",
+            value: mount_point.display().to_string(),
+            reason: format!("is not below the storage root {}", root.display()),
+        })?;
     std::fs::create_dir_all(root).map_err(|error| StorageError::CreateMountPoint {
         path: root.to_path_buf(),
         error,
@@ -90,7 +96,8 @@ pub fn create_mount_point(
     };
 
     let mut created = Vec::new();
-    let mut directory = open_path(root, OFlags::DIRECTORY).map_err(|errno| io_error(root, errno))?;
+    let mut directory =
+        open_path(root, OFlags::DIRECTORY).map_err(|errno| io_error(root, errno))?;
     let mut current = root.to_path_buf();
     let names: Vec<_> = relative.components().collect();
     for (index, name) in names.iter().enumerate() {
@@ -108,12 +115,19 @@ pub fn create_mount_point(
                     OpenError::Symlink => StorageError::Invalid {
                         field: "mount_point",
                         value: mount_point.display().to_string(),
-                        reason: format!("{} is a symbolic link; mount points may not pass through links", current.display()),
+                        reason: format!(
+                            "{} is a symbolic link; mount points may not pass through links",
+                            current.display()
+                        ),
                     },
                     OpenError::WrongType(found) => StorageError::Invalid {
                         field: "mount_point",
                         value: mount_point.display().to_string(),
-                        reason: format!("{} exists as a {found}, expected a {}", current.display(), kind_name(wanted)),
+                        reason: format!(
+                            "{} exists as a {found}, expected a {}",
+                            current.display(),
+                            kind_name(wanted)
+                        ),
                     },
                 });
             }
@@ -151,13 +165,18 @@ enum OpenError {
 /// Opens `name` in `directory` without following a link, creating it as
 /// `kind` when missing; returns the `O_PATH` descriptor and whether it was
 /// created.
-fn open_or_create(directory: &OwnedFd, name: &std::ffi::OsStr, kind: NodeKind) -> Result<(OwnedFd, bool), OpenError> {
+fn open_or_create(
+    directory: &OwnedFd,
+    name: &std::ffi::OsStr,
+    kind: NodeKind,
+) -> Result<(OwnedFd, bool), OpenError> {
     let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let (fd, created) = match rustix::fs::openat(directory, name, flags, Mode::empty()) {
         Ok(fd) => (fd, false),
         Err(Errno::NOENT) => {
             create_node(directory, name, kind).map_err(OpenError::Errno)?;
-            let fd = rustix::fs::openat(directory, name, flags, Mode::empty()).map_err(OpenError::Errno)?;
+            let fd = rustix::fs::openat(directory, name, flags, Mode::empty())
+                .map_err(OpenError::Errno)?;
             (fd, true)
         }
         Err(errno) => return Err(OpenError::Errno(errno)),
@@ -170,7 +189,8 @@ fn create_node(directory: &OwnedFd, name: &std::ffi::OsStr, kind: NodeKind) -> R
     match kind {
         NodeKind::Directory => rustix::fs::mkdirat(directory, name, Mode::from_raw_mode(0o755)),
         NodeKind::File => {
-            let flags = OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+            let flags =
+                OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
             rustix::fs::openat(directory, name, flags, Mode::from_raw_mode(0o644)).map(drop)
         }
     }
@@ -180,7 +200,9 @@ fn check_kind(fd: &OwnedFd, kind: NodeKind) -> Result<(), OpenError> {
     let stat = rustix::fs::fstat(fd).map_err(OpenError::Errno)?;
     let file_type = FileType::from_raw_mode(stat.st_mode);
     match (file_type, kind) {
-        (FileType::Directory, NodeKind::Directory) | (FileType::RegularFile, NodeKind::File) => Ok(()),
+        (FileType::Directory, NodeKind::Directory) | (FileType::RegularFile, NodeKind::File) => {
+            Ok(())
+        }
         (FileType::Symlink, _) => Err(OpenError::Symlink),
         (FileType::Directory, _) => Err(OpenError::WrongType("directory")),
         (FileType::RegularFile, _) => Err(OpenError::WrongType("regular file")),
@@ -224,9 +246,8 @@ fn fd_proc_path(fd: &impl AsFd) -> PathBuf {
 }
 
 fn real_path(fd: &impl AsFd) -> Result<PathBuf, Errno> {
-    std::fs::read_link(fd_proc_path(fd)).map_err(|error| {
-        Errno::from_io_error(&error).unwrap_or(Errno::IO)
-    })
+    std::fs::read_link(fd_proc_path(fd))
+        .map_err(|error| Errno::from_io_error(&error).unwrap_or(Errno::IO))
 }
 
 /// Opens `relative` inside `root`, as if `root` were `/`: `..` stops at it
@@ -246,23 +267,41 @@ pub fn resolve_in_root(
         error: errno.into(),
     };
     let relative = clean_components(relative);
-    let relative = relative.strip_prefix("/").unwrap_or(&relative).to_path_buf();
+    let relative = relative
+        .strip_prefix("/")
+        .unwrap_or(&relative)
+        .to_path_buf();
     if create.is_none() && relative.as_os_str().is_empty() {
         // The root itself, which may be a file (a raw block mount point).
         let fd = open_path(root, OFlags::empty()).map_err(|errno| fail(Path::new("/"), errno))?;
         let real_path = real_path(&fd).map_err(|errno| fail(Path::new("/"), errno))?;
-        return Ok(ResolvedPath { fd, real_path, created: Vec::new() });
+        return Ok(ResolvedPath {
+            fd,
+            real_path,
+            created: Vec::new(),
+        });
     }
-    let root_fd = open_path(root, OFlags::DIRECTORY).map_err(|errno| fail(Path::new("/"), errno))?;
+    let root_fd =
+        open_path(root, OFlags::DIRECTORY).map_err(|errno| fail(Path::new("/"), errno))?;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |path: &Path| {
-        rustix::fs::openat2(&root_fd, path, OFlags::PATH | OFlags::CLOEXEC, Mode::empty(), resolve)
+        rustix::fs::openat2(
+            &root_fd,
+            path,
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        )
     };
 
     let Some(kind) = create else {
         let fd = open(&relative).map_err(|errno| fail(&relative, errno))?;
         let real_path = real_path(&fd).map_err(|errno| fail(&relative, errno))?;
-        return Ok(ResolvedPath { fd, real_path, created: Vec::new() });
+        return Ok(ResolvedPath {
+            fd,
+            real_path,
+            created: Vec::new(),
+        });
     };
 
     let mut created = Vec::new();
@@ -284,7 +323,11 @@ pub fn resolve_in_root(
     for (index, name) in names.iter().enumerate() {
         let name = name.as_os_str();
         prefix.push(name);
-        let wanted = if index + 1 == names.len() { kind } else { NodeKind::Directory };
+        let wanted = if index + 1 == names.len() {
+            kind
+        } else {
+            NodeKind::Directory
+        };
         let fd = match open(&prefix) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
@@ -331,13 +374,21 @@ pub fn resolve_in_root(
             return Err(StorageError::Invalid {
                 field,
                 value: prefix.display().to_string(),
-                reason: format!("exists inside {} as a {found}, expected a {}", root.display(), kind_name(wanted)),
+                reason: format!(
+                    "exists inside {} as a {found}, expected a {}",
+                    root.display(),
+                    kind_name(wanted)
+                ),
             });
         }
         directory = fd;
     }
     let real_path = real_path(&directory).map_err(|errno| fail(&relative, errno))?;
-    Ok(ResolvedPath { fd: directory, real_path, created })
+    Ok(ResolvedPath {
+        fd: directory,
+        real_path,
+        created,
+    })
 }
 
 #[cfg(test)]
@@ -354,7 +405,11 @@ mod tests {
             ("//run//storage//a", "/run/storage/a"),
         ];
         for (text, expected) in accepted {
-            assert_eq!(validate_mount_point(root, text).unwrap(), PathBuf::from(expected), "{text}");
+            assert_eq!(
+                validate_mount_point(root, text).unwrap(),
+                PathBuf::from(expected),
+                "{text}"
+            );
         }
         let rejected = [
             "",
@@ -384,11 +439,15 @@ mod tests {
         std::fs::create_dir_all(&outside).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
 
-        let error = create_mount_point(&root, &root.join("link/vol"), NodeKind::Directory).unwrap_err();
+        let error =
+            create_mount_point(&root, &root.join("link/vol"), NodeKind::Directory).unwrap_err();
         assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
         let error = create_mount_point(&root, &root.join("link"), NodeKind::Directory).unwrap_err();
         assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
-        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing made outside");
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing made outside"
+        );
     }
 
     #[test]
@@ -397,13 +456,20 @@ mod tests {
         let root = directory.path().join("storage");
         std::fs::create_dir_all(root.join("existing")).unwrap();
 
-        let created = create_mount_point(&root, &root.join("existing/a/b"), NodeKind::Directory).unwrap();
-        assert_eq!(created, vec![root.join("existing/a"), root.join("existing/a/b")]);
+        let created =
+            create_mount_point(&root, &root.join("existing/a/b"), NodeKind::Directory).unwrap();
+        assert_eq!(
+            created,
+            vec![root.join("existing/a"), root.join("existing/a/b")]
+        );
         assert!(root.join("existing/a/b").is_dir());
 
         remove_created(&created);
         assert!(!root.join("existing/a").exists());
-        assert!(root.join("existing").is_dir(), "pre-existing directories stay");
+        assert!(
+            root.join("existing").is_dir(),
+            "pre-existing directories stay"
+        );
 
         let created = create_mount_point(&root, &root.join("raw"), NodeKind::File).unwrap();
         assert_eq!(created, vec![root.join("raw")]);
@@ -431,18 +497,38 @@ mod tests {
             ("../../target-dots", rootfs.join("target-dots")),
         ];
         for (destination, expected) in cases {
-            let resolved =
-                resolve_in_root("destination", &rootfs, Path::new(destination), Some(NodeKind::Directory))
-                    .unwrap();
+            let resolved = resolve_in_root(
+                "destination",
+                &rootfs,
+                Path::new(destination),
+                Some(NodeKind::Directory),
+            )
+            .unwrap();
             let real_rootfs = rootfs.canonicalize().unwrap();
-            assert!(resolved.real_path.starts_with(&real_rootfs), "{destination}: {:?}", resolved.real_path);
-            assert_eq!(resolved.real_path, expected.canonicalize().unwrap(), "{destination}");
+            assert!(
+                resolved.real_path.starts_with(&real_rootfs),
+                "{destination}: {:?}",
+                resolved.real_path
+            );
+            assert_eq!(
+                resolved.real_path,
+                expected.canonicalize().unwrap(),
+                "{destination}"
+            );
         }
         // The link names a host path that does not exist inside the rootfs.
-        let error = resolve_in_root("destination", &rootfs, Path::new("host/x"), Some(NodeKind::Directory))
-            .unwrap_err();
+        let error = resolve_in_root(
+            "destination",
+            &rootfs,
+            Path::new("host/x"),
+            Some(NodeKind::Directory),
+        )
+        .unwrap_err();
         assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{error}");
-        assert!(std::fs::read_dir(&outside).unwrap().next().is_none(), "nothing made outside");
+        assert!(
+            std::fs::read_dir(&outside).unwrap().next().is_none(),
+            "nothing made outside"
+        );
     }
 
     #[test]
@@ -451,13 +537,24 @@ mod tests {
         let rootfs = directory.path().join("rootfs");
         std::fs::create_dir_all(&rootfs).unwrap();
 
-        let resolved =
-            resolve_in_root("destination", &rootfs, Path::new("/a/b/file"), Some(NodeKind::File)).unwrap();
+        let resolved = resolve_in_root(
+            "destination",
+            &rootfs,
+            Path::new("/a/b/file"),
+            Some(NodeKind::File),
+        )
+        .unwrap();
         assert!(rootfs.join("a/b/file").is_file());
         assert_eq!(resolved.created.len(), 3);
 
         std::fs::create_dir(rootfs.join("dir")).unwrap();
-        let error = resolve_in_root("destination", &rootfs, Path::new("/dir"), Some(NodeKind::File)).unwrap_err();
+        let error = resolve_in_root(
+            "destination",
+            &rootfs,
+            Path::new("/dir"),
+            Some(NodeKind::File),
+        )
+        .unwrap_err();
         assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
 
         remove_created(&resolved.created);
@@ -465,7 +562,13 @@ mod tests {
 
         let error = resolve_in_root("source", &rootfs, Path::new("missing"), None).unwrap_err();
         assert_eq!(error.code(), ttrpc::Code::NOT_FOUND);
-        let error = resolve_in_root("destination", &rootfs, Path::new("/.."), Some(NodeKind::File)).unwrap_err();
+        let error = resolve_in_root(
+            "destination",
+            &rootfs,
+            Path::new("/.."),
+            Some(NodeKind::File),
+        )
+        .unwrap_err();
         assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
     }
 }

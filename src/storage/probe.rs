@@ -100,9 +100,8 @@ pub fn check_fstype(fstype: &str) -> Result<(), StorageError> {
             reason: "is not a filesystem type name (letters, digits, '.', '_' and '-')".into(),
         });
     }
-    let listed = std::fs::read_to_string("/proc/filesystems").map_err(|error| {
-        StorageError::ReadKernelFilesystems { error }
-    })?;
+    let listed = std::fs::read_to_string("/proc/filesystems")
+        .map_err(|error| StorageError::ReadKernelFilesystems { error })?;
     if kernel_lists(&listed, fstype) || module_alias_exists(fstype) {
         return Ok(());
     }
@@ -171,6 +170,9 @@ mod tests {
             assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{name:?}");
         }
         let error = check_fstype("nosuchfs").unwrap_err();
-        assert!(matches!(error, StorageError::UnsupportedFilesystem { .. }), "{error}");
+        assert!(
+            matches!(error, StorageError::UnsupportedFilesystem { .. }),
+            "{error}"
+        );
     }
 }

@@ -78,7 +78,10 @@ impl State {
     /// Mount points of the storages `owner` holds a reference to.
     pub fn held_by(&self, owner: &Owner) -> Vec<PathBuf> {
         let key = owner_key(owner);
-        let held = self.storages.iter().filter(|(_, record)| record.owners.contains(&key));
+        let held = self
+            .storages
+            .iter()
+            .filter(|(_, record)| record.owners.contains(&key));
         held.map(|(mount_point, _)| mount_point.clone()).collect()
     }
 
@@ -104,7 +107,9 @@ impl State {
     pub fn load(path: &Path) -> Result<State, StorageError> {
         let text = match std::fs::read(path) {
             Ok(text) => text,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(State::default()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(State::default())
+            }
             Err(error) => {
                 return Err(StorageError::LoadState {
                     path: path.to_path_buf(),
@@ -170,7 +175,9 @@ mod tests {
     /// storages left unused.
     fn drop_everywhere(state: &mut State, owner: &Owner) -> Vec<PathBuf> {
         let held = state.held_by(owner);
-        held.into_iter().filter(|mount_point| state.drop_owner(mount_point, owner)).collect()
+        held.into_iter()
+            .filter(|mount_point| state.drop_owner(mount_point, owner))
+            .collect()
     }
 
     #[test]
@@ -183,10 +190,16 @@ mod tests {
 
         assert!(state.add_owner(&mount_point, &first, false));
         assert!(state.add_owner(&mount_point, &second, false));
-        assert!(!state.add_owner(&mount_point, &second, false), "a repeat is not a new reference");
+        assert!(
+            !state.add_owner(&mount_point, &second, false),
+            "a repeat is not a new reference"
+        );
 
         assert!(drop_everywhere(&mut state, &first).is_empty());
-        assert_eq!(drop_everywhere(&mut state, &second), vec![mount_point.clone()]);
+        assert_eq!(
+            drop_everywhere(&mut state, &second),
+            vec![mount_point.clone()]
+        );
     }
 
     #[test]
@@ -212,14 +225,19 @@ mod tests {
         state.add_owner(&mount_point, &container, false);
 
         assert!(drop_everywhere(&mut state, &container).is_empty());
-        assert_eq!(drop_everywhere(&mut state, &Owner::Sandbox), vec![mount_point]);
+        assert_eq!(
+            drop_everywhere(&mut state, &Owner::Sandbox),
+            vec![mount_point]
+        );
     }
 
     #[test]
     fn lookup_follows_binds_and_prefers_longest() {
         let mut state = State::default();
         state.storages.insert(PathBuf::from("/s/a"), record("/s/a"));
-        state.storages.insert(PathBuf::from("/s/a/b"), record("/s/a/b"));
+        state
+            .storages
+            .insert(PathBuf::from("/s/a/b"), record("/s/a/b"));
         state.binds.insert(
             "c1".into(),
             vec![BindRecord {
@@ -229,11 +247,19 @@ mod tests {
             }],
         );
 
-        let found = |path: &str| state.lookup(Path::new(path)).map(|r| r.volume.mount_point.clone());
+        let found = |path: &str| {
+            state
+                .lookup(Path::new(path))
+                .map(|r| r.volume.mount_point.clone())
+        };
         assert_eq!(found("/s/a/x"), Some(PathBuf::from("/s/a")));
         assert_eq!(found("/s/a/b/x"), Some(PathBuf::from("/s/a/b")));
         assert_eq!(found("/c1/rootfs/data/file"), Some(PathBuf::from("/s/a/b")));
-        assert_eq!(found("/s/ab"), None, "a sibling with a common prefix is not inside");
+        assert_eq!(
+            found("/s/ab"),
+            None,
+            "a sibling with a common prefix is not inside"
+        );
         assert_eq!(found("/c1/rootfs"), None);
     }
 
@@ -249,6 +275,9 @@ mod tests {
 
         assert_eq!(State::load(&path).unwrap(), state);
         assert!(!directory.path().join("nested/state.json.tmp").exists());
-        assert_eq!(State::load(&directory.path().join("missing")).unwrap(), State::default());
+        assert_eq!(
+            State::load(&directory.path().join("missing")).unwrap(),
+            State::default()
+        );
     }
 }

@@ -137,7 +137,10 @@ impl Agent {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("volume-agent exited at start with {status}");
             }
-            assert!(started.elapsed() < Duration::from_secs(20), "volume-agent did not listen");
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "volume-agent did not listen"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         agent
@@ -227,14 +230,26 @@ impl TestEnv {
 
     /// A container rootfs directory (created empty).
     pub fn rootfs(&self, container_id: &str) -> PathBuf {
-        let rootfs = self.path().join("containers").join(container_id).join("rootfs");
+        let rootfs = self
+            .path()
+            .join("containers")
+            .join(container_id)
+            .join("rootfs");
         std::fs::create_dir_all(&rootfs).unwrap();
         rootfs
     }
 
-    /// The agent log, for assertion messages.
+    /// Reads the agent log, for assertion messages.
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Panics with `error` and the agent log, which says why a request failed.
+    pub fn fail(&self, error: impl std::fmt::Debug) -> ! {
+        panic!(
+            "request failed: {error:?}\nagent log:\n{}",
+            self.agent_log()
+        )
     }
 }
 
@@ -282,10 +297,12 @@ pub fn context() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
 }
 
-
 /// How many mounts are stacked at exactly `path`.
 pub fn mount_count(path: &Path) -> usize {
-    mounts_under(path).iter().filter(|mount_point| *mount_point == path).count()
+    mounts_under(path)
+        .iter()
+        .filter(|mount_point| *mount_point == path)
+        .count()
 }
 
 /// The status message of a failed call.
@@ -296,7 +313,11 @@ pub fn status_message<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (ttrpc::C
     }
 }
 
-pub fn create_container_request(container_id: &str, storages: Vec<Storage>, oci: Option<Spec>) -> protocols::agent::CreateContainerRequest {
+pub fn create_container_request(
+    container_id: &str,
+    storages: Vec<Storage>,
+    oci: Option<Spec>,
+) -> protocols::agent::CreateContainerRequest {
     protocols::agent::CreateContainerRequest {
         container_id: container_id.into(),
         storages,
@@ -326,5 +347,30 @@ pub fn saved_storage_count(state_file: &Path) -> usize {
         return 0;
     };
     let state: serde_json::Value = serde_json::from_str(&text).expect("state file is JSON");
-    state["storages"].as_object().map_or(0, |storages| storages.len())
+    state["storages"]
+        .as_object()
+        .map_or(0, |storages| storages.len())
+}
+
+/// Sends CreateSandbox with `storages` and panics, with the agent log,
+/// if it fails.
+pub async fn create_sandbox(client: &AgentServiceClient, env: &TestEnv, storages: Vec<Storage>) {
+    client
+        .create_sandbox(context(), &create_sandbox_request(storages))
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+}
+
+/// Sends DestroySandbox and checks that no mount is left in the test
+/// directory.
+pub async fn destroy_sandbox(client: &AgentServiceClient, env: &TestEnv) {
+    client
+        .destroy_sandbox(context(), &protocols::agent::DestroySandboxRequest::new())
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(
+        mounts_under(env.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left after DestroySandbox"
+    );
 }
