@@ -76,20 +76,20 @@ impl StorageManager {
         Ok(binds)
     }
 
-    /// Makes the binds of one container; on failure the ones made by this
+    /// Makes the binds of one container; on failure the ones bound by this
     /// call are undone.
     pub(super) async fn bind_container(
         &self,
         container_id: &str,
         binds: &[BindRequest],
     ) -> Result<(), StorageError> {
-        let mut made: Vec<BindRecord> = Vec::new();
+        let mut bound: Vec<BindRecord> = Vec::new();
         for request in binds {
             match self.bind_one(container_id, request).await {
-                Ok(Some(record)) => made.push(record),
+                Ok(Some(record)) => bound.push(record),
                 Ok(None) => {}
                 Err(error) => {
-                    for record in made.iter().rev() {
+                    for record in bound.iter().rev() {
                         self.undo_bind(container_id, record).await;
                     }
                     return Err(error);
@@ -172,7 +172,7 @@ impl StorageManager {
         Ok(Some(record))
     }
 
-    /// The mount point of the storage that `source` is or lies inside.
+    /// Finds the mount point of the storage that `source` is or lies inside.
     fn lookup_storage(&self, source: &Path) -> Option<PathBuf> {
         let state = self.lock_state();
         state
@@ -184,7 +184,8 @@ impl StorageManager {
     }
 
     /// Binds `source` onto `target`, then applies per-mount flags with a
-    /// bind remount and the propagation (private unless the mount asks).
+    /// bind remount and sets the propagation (private unless the OCI mount
+    /// names another).
     fn mount_bind(
         &self,
         request: &BindRequest,

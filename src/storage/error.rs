@@ -131,7 +131,7 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// The ttrpc status code a request failing with this error gets.
+    /// Returns the ttrpc status code for a request that fails with this error.
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {

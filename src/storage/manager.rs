@@ -1,9 +1,9 @@
 //! The storage manager: mounts storages, counts their references and
 //! unmounts them after the last one.
 //!
-//! Locking: each mount point has its own async lock, held across the mount
+//! Locking: each mount point has its own async lock, referenced across the mount
 //! or unmount of that storage and the binds made from it. The state mutex
-//! is a plain mutex held only for bookkeeping, never across an await, a
+//! is a plain mutex referenced only for bookkeeping, never across an await, a
 //! device wait or a mount.
 
 use std::collections::HashMap;
@@ -381,7 +381,8 @@ impl StorageManager {
         Ok(())
     }
 
-    /// Unmounts a recorded storage and forgets it; the caller holds its lock.
+    /// Unmounts a recorded storage and deletes its record. The caller holds
+    /// the storage lock.
     pub(super) fn remove_storage(&self, mount_point: &Path) -> Result<(), StorageError> {
         let Some(record) = self.lock_state().storages.get(mount_point).cloned() else {
             return Ok(());
@@ -419,8 +420,8 @@ impl StorageManager {
     pub async fn remove_container(&self, container_id: &str) -> Result<(), StorageError> {
         let mut first_error = self.unbind_container(container_id).await.err();
         let owner = Owner::Container(container_id.to_string());
-        let held = self.lock_state().held_by(&owner);
-        for mount_point in held {
+        let referenced = self.lock_state().held_by(&owner);
+        for mount_point in referenced {
             if let Err(error) = self.release_one(&owner, &mount_point).await {
                 warn!(self.logger, "releasing storage failed";
                     "mount_point" => %mount_point.display(), "error" => %error);
@@ -470,9 +471,8 @@ impl StorageManager {
     }
 
     pub(super) async fn lock_key(&self, mount_point: &Path) -> OwnedMutexGuard<()> {
-        // NOTE: locks are never removed from the map; one small entry stays
-        // per mount point ever used, which bounds it by the storages a
-        // sandbox sees.
+        // NOTE: locks are never removed from the map, so it keeps one small
+        // entry per mount point used since the agent started.
         let lock = {
             let mut locks = self
                 .locks
@@ -511,8 +511,8 @@ impl StorageManager {
     }
 }
 
-/// The storage's id as the host names it: the last component of its mount
-/// point (the Kata runtime uses the base64url of the source).
+/// Returns the storage's id as the host names it, which is the last
+/// component of its mount point.
 fn storage_id(mount_point: &Path) -> String {
     let name = mount_point.file_name().unwrap_or_default();
     name.to_string_lossy().into_owned()
@@ -553,8 +553,8 @@ fn device_conflict(mount_point: &Path, mounted: String, requested: &BlockDevice)
     }
 }
 
-/// The device behind a mount: the filesystem's device number, or for a raw
-/// block volume the device node bound onto the mount point file.
+/// Returns the device number behind a mount: the filesystem's, or for a raw
+/// block volume that of the device node bound onto the mount point file.
 fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u32)> {
     if !raw_block {
         return Some((entry.major, entry.minor));
@@ -570,8 +570,8 @@ fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u3
     ))
 }
 
-/// Drops records whose mount is gone or now holds another device, so the
-/// state matches the mount table after a restart.
+/// Drops records whose mount is gone or now has another device, so that
+/// the state matches the mount table after a restart.
 fn reconcile(logger: &slog::Logger, state: &mut State, entries: &[MountEntry]) {
     state.storages.retain(|mount_point, record| {
         let volume = &record.volume;

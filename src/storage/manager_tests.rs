@@ -1,7 +1,9 @@
 //! Manager tests through [`RecordingMounter`]: the mount calls and the
-//! refcount, without root. Raw block storages (empty fstype) are used where
-//! a device is needed, because they need no superblock read; any block
-//! device node in /dev serves, since nothing is really mounted.
+//! refcount, without root.
+//!
+//! Where a device is needed the tests use raw block storages (empty
+//! fstype), because those need no superblock read. Any block device node in
+//! /dev works, since nothing is really mounted.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};

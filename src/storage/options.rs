@@ -61,8 +61,8 @@ const PROPAGATION: &[(&str, MsFlags)] = &[
     ("unbindable", MsFlags::MS_UNBINDABLE),
 ];
 
-/// Options that only userspace mount(8) or fstab reads; the kernel never
-/// sees them, so they are accepted and dropped.
+/// Options that only mount(8) and fstab use. mount(8) removes them before
+/// calling mount(2), so they are accepted and dropped here too.
 const USERSPACE_ONLY: &[&str] = &[
     "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev", "nofail",
 ];
@@ -157,13 +157,13 @@ impl MountOptions {
         }
     }
 
-    /// Whether the mount is read-only.
+    /// Returns true when the mount is read-only.
     pub fn read_only(&self) -> bool {
         self.flags.contains(MsFlags::MS_RDONLY)
     }
 
-    /// The flags that are per mount rather than per superblock, which a bind
-    /// remount sets as a whole.
+    /// Returns the flags that belong to the mount rather than the superblock,
+    /// which a bind remount replaces as a whole.
     pub fn per_mount_flags(&self) -> MsFlags {
         self.flags
             & (MsFlags::MS_RDONLY

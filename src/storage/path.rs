@@ -10,7 +10,7 @@ use rustix::io::Errno;
 
 use super::StorageError;
 
-/// What a mount point or bind target must be.
+/// File type a mount point or bind target must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     Directory,
@@ -104,8 +104,8 @@ pub fn create_mount_point(
         let name = name.as_os_str();
         current.push(name);
         let last = index + 1 == names.len();
-        let wanted = if last { kind } else { NodeKind::Directory };
-        let result = open_or_create(&directory, name, wanted);
+        let expected_kind = if last { kind } else { NodeKind::Directory };
+        let result = open_or_create(&directory, name, expected_kind);
         let (fd, was_created) = match result {
             Ok(opened) => opened,
             Err(error) => {
@@ -126,7 +126,7 @@ pub fn create_mount_point(
                         reason: format!(
                             "{} exists as a {found}, expected a {}",
                             current.display(),
-                            kind_name(wanted)
+                            kind_name(expected_kind)
                         ),
                     },
                 });
@@ -234,7 +234,7 @@ pub struct ResolvedPath {
 }
 
 impl ResolvedPath {
-    /// The magic link to hand to mount(2).
+    /// Returns the `/proc/self/fd` magic link to hand to mount(2).
     pub fn proc_path(&self) -> PathBuf {
         fd_proc_path(&self.fd)
     }
@@ -323,7 +323,7 @@ pub fn resolve_in_root(
     for (index, name) in names.iter().enumerate() {
         let name = name.as_os_str();
         prefix.push(name);
-        let wanted = if index + 1 == names.len() {
+        let expected_kind = if index + 1 == names.len() {
             kind
         } else {
             NodeKind::Directory
@@ -332,10 +332,10 @@ pub fn resolve_in_root(
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 // The parent is already resolved inside the root, so the new
-                // node is made there; a dangling link in its place makes the
+                // node is made there. A dangling link in its place makes the
                 // creation fail with EEXIST rather than follow the link.
                 let step = (|| {
-                    create_node(&directory, name, wanted)?;
+                    create_node(&directory, name, expected_kind)?;
                     let parent = real_path(&directory)?;
                     created.push(parent.join(name));
                     open(&prefix)
@@ -364,7 +364,7 @@ pub fn resolve_in_root(
                 return Err(fail(&prefix, errno));
             }
         };
-        if let Err(error) = check_kind(&fd, wanted) {
+        if let Err(error) = check_kind(&fd, expected_kind) {
             remove_created(&created);
             let found = match error {
                 OpenError::Errno(errno) => return Err(fail(&prefix, errno)),
@@ -377,7 +377,7 @@ pub fn resolve_in_root(
                 reason: format!(
                     "exists inside {} as a {found}, expected a {}",
                     root.display(),
-                    kind_name(wanted)
+                    kind_name(expected_kind)
                 ),
             });
         }

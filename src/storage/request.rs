@@ -62,7 +62,7 @@ impl StorageRequest {
         })
     }
 
-    /// Whether this is a raw block volume (no filesystem is mounted).
+    /// Returns true for a raw block volume, where no filesystem is mounted.
     pub fn is_raw_block(&self) -> bool {
         self.fstype.is_empty()
     }

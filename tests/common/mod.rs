@@ -228,7 +228,7 @@ impl TestEnv {
         source
     }
 
-    /// A container rootfs directory (created empty).
+    /// Creates an empty container rootfs directory and returns its path.
     pub fn rootfs(&self, container_id: &str) -> PathBuf {
         let rootfs = self
             .path()
@@ -244,7 +244,7 @@ impl TestEnv {
         std::fs::read_to_string(self.path().join("agent.log")).unwrap_or_default()
     }
 
-    /// Panics with `error` and the agent log, which says why a request failed.
+    /// Panics with `error` and the agent log, which records why a request failed.
     pub fn fail(&self, error: impl std::fmt::Debug) -> ! {
         panic!(
             "request failed: {error:?}\nagent log:\n{}",
@@ -274,8 +274,8 @@ pub fn with_fs_group(mut storage: Storage, group_id: u32, on_root_mismatch: bool
     storage
 }
 
-/// An OCI spec with `rootfs` and bind mounts of (source, destination,
-/// options).
+/// Builds an OCI spec with `rootfs` and bind mounts of (source,
+/// destination, options).
 pub fn spec(rootfs: &Path, mounts: &[(&str, &str, &[&str])]) -> Spec {
     let mut spec = Spec::new();
     let mut root = Root::new();
@@ -292,12 +292,12 @@ pub fn spec(rootfs: &Path, mounts: &[(&str, &str, &[&str])]) -> Spec {
     spec
 }
 
-/// A request context with a deadline.
+/// Builds a request context with a 20 s deadline.
 pub fn context() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
 }
 
-/// How many mounts are stacked at exactly `path`.
+/// Counts the mounts stacked at exactly `path`.
 pub fn mount_count(path: &Path) -> usize {
     mounts_under(path)
         .iter()
@@ -305,7 +305,7 @@ pub fn mount_count(path: &Path) -> usize {
         .count()
 }
 
-/// The status message of a failed call.
+/// Returns the status code and message of a failed call.
 pub fn status_message<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (ttrpc::Code, String) {
     match result {
         Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message.clone()),
