@@ -84,15 +84,15 @@ impl StorageManager {
         Ok(mount_points)
     }
 
-    /// Mounts each storage for `owner` and returns the mount points plus the
-    /// ones where `owner`'s reference is new, which a caller that fails later
-    /// releases again.
+    /// Mounts each storage for `owner` and returns the mount points plus
+    /// what each one changed, which a caller that fails later undoes with
+    /// [`StorageManager::undo_additions`].
     pub(super) async fn add_storages_undoable(
         &self,
         owner: &Owner,
         storages: &[Storage],
         timeout: Duration,
-    ) -> Result<(Vec<PathBuf>, Vec<PathBuf>), StorageError> {
+    ) -> Result<(Vec<PathBuf>, Vec<Addition>), StorageError> {
         // Every storage is checked before the first one is mounted, so a bad
         // entry anywhere leaves the system untouched.
         let requests = storages
@@ -102,43 +102,41 @@ impl StorageManager {
         let deadline = Instant::now() + timeout;
 
         let mut mount_points = Vec::new();
-        let mut new_references = Vec::new();
+        let mut additions = Vec::new();
         for request in &requests {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match self.add_storage(owner, request, remaining).await {
-                Ok(is_new) => {
-                    if is_new {
-                        new_references.push(request.mount_point.clone());
-                    }
+                Ok(addition) => {
+                    additions.push(addition);
                     mount_points.push(request.mount_point.clone());
                 }
                 Err(error) => {
-                    self.release(owner, &new_references).await;
+                    self.undo_additions(owner, &additions).await;
                     return Err(error);
                 }
             }
         }
-        Ok((mount_points, new_references))
+        Ok((mount_points, additions))
     }
 
-    /// Mounts one storage, or adds `owner` to it when it is mounted already;
-    /// returns whether `owner`'s reference is new.
+    /// Mounts one storage, or adds `owner` to it when it is mounted already.
     async fn add_storage(
         &self,
         owner: &Owner,
         request: &StorageRequest,
         timeout: Duration,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Addition, StorageError> {
         let device = self.registry.wait_for(&request.address, timeout).await?;
         let mount_point = &request.mount_point;
         let _guard = self.lock_key(mount_point).await;
 
         if let Some(is_new) = self.add_to_recorded(owner, request, &device)? {
-            return Ok(is_new);
+            return Ok(Addition::referenced(mount_point, is_new));
         }
         let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
         if let Some(entry) = find_mount(&entries, mount_point) {
-            return self.adopt_mount(owner, request, &device, entry);
+            self.adopt_mount(owner, request, &device, entry)?;
+            return Ok(Addition::Referenced(mount_point.clone()));
         }
 
         if !request.is_raw_block() {
@@ -167,9 +165,12 @@ impl StorageManager {
             return Err(error);
         }
         info!(self.logger, "storage mounted";
-            "storage_id" => storage_id(mount_point), "mount_point" => %mount_point.display(), "device" => %device.dev_path.display(),
-            "fstype" => &request.fstype, "elapsed_ms" => started.elapsed().as_millis() as u64);
-        Ok(true)
+            "storage_id" => storage_id(mount_point),
+            "mount_point" => %mount_point.display(),
+            "device" => %device.dev_path.display(),
+            "fstype" => &request.fstype,
+            "elapsed_ms" => started.elapsed().as_millis() as u64);
+        Ok(Addition::Mounted(mount_point.clone()))
     }
 
     /// Handles a storage the state already records: the same device adds a
@@ -216,7 +217,7 @@ impl StorageManager {
         request: &StorageRequest,
         device: &BlockDevice,
         entry: &MountEntry,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<(), StorageError> {
         let mount_point = &request.mount_point;
         let mounted = mounted_device_number(entry, request.is_raw_block());
         if mounted != Some((device.major, device.minor)) {
@@ -227,14 +228,19 @@ impl StorageManager {
                 device,
             ));
         }
-        let record = new_record(request, device, Vec::new());
+        // Which directories the lost record listed is unknown; the mount
+        // point itself lies in the agent's storage root, so it goes with the
+        // unmount (only if empty).
+        let record = new_record(request, device, vec![mount_point.clone()]);
         self.update_state(|state| {
             state.storages.insert(mount_point.clone(), record);
             state.add_owner(mount_point, owner, request.shared)
         })?;
         info!(self.logger, "storage already mounted, recorded";
-            "mount_point" => %mount_point.display(), "device" => %device.dev_path.display());
-        Ok(true)
+            "storage_id" => storage_id(mount_point),
+            "mount_point" => %mount_point.display(),
+            "device" => %device.dev_path.display());
+        Ok(())
     }
 
     /// Mounts the filesystem (or binds the raw device) and applies the
@@ -355,12 +361,27 @@ impl StorageManager {
         }
     }
 
-    /// Drops `owner`'s reference to each of `mount_points` and unmounts the
-    /// ones left unused; failures are logged because the caller is already
-    /// returning another error.
-    async fn release(&self, owner: &Owner, mount_points: &[PathBuf]) {
-        for mount_point in mount_points.iter().rev() {
-            if let Err(error) = self.release_one(owner, mount_point).await {
+    /// Undoes `additions` of a request that failed: drops `owner`'s new
+    /// references and unmounts what the request mounted, even a shared
+    /// storage, unless another owner now uses it. Failures are logged
+    /// because the caller is already returning another error.
+    pub(super) async fn undo_additions(&self, owner: &Owner, additions: &[Addition]) {
+        for addition in additions.iter().rev() {
+            let (mount_point, mounted_here) = match addition {
+                Addition::Mounted(mount_point) => (mount_point, true),
+                Addition::Referenced(mount_point) => (mount_point, false),
+                Addition::Unchanged => continue,
+            };
+            let _guard = self.lock_key(mount_point).await;
+            let result = self.update_state(|state| {
+                let unused = state.drop_owner(mount_point, owner);
+                unused || (mounted_here && state.is_unowned(mount_point))
+            });
+            let result = match result {
+                Ok(true) => self.remove_storage(mount_point),
+                other => other.map(drop),
+            };
+            if let Err(error) = result {
                 warn!(self.logger, "undoing storage failed";
                     "mount_point" => %mount_point.display(), "error" => %error);
             }
@@ -405,11 +426,11 @@ impl StorageManager {
     ) -> Result<(), StorageError> {
         let owner = Owner::Container(container_id.to_string());
         let binds = self.parse_binds(spec)?;
-        let (_, new_references) = self
+        let (_, additions) = self
             .add_storages_undoable(&owner, storages, timeout)
             .await?;
         if let Err(error) = self.bind_container(container_id, &binds).await {
-            self.release(&owner, &new_references).await;
+            self.undo_additions(&owner, &additions).await;
             return Err(error);
         }
         Ok(())
@@ -516,6 +537,27 @@ impl StorageManager {
 fn storage_id(mount_point: &Path) -> String {
     let name = mount_point.file_name().unwrap_or_default();
     name.to_string_lossy().into_owned()
+}
+
+/// What adding one storage changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Addition {
+    /// The request mounted the storage.
+    Mounted(PathBuf),
+    /// The storage was mounted already and the owner's reference is new.
+    Referenced(PathBuf),
+    /// The owner already held a reference.
+    Unchanged,
+}
+
+impl Addition {
+    fn referenced(mount_point: &Path, is_new: bool) -> Addition {
+        if is_new {
+            Addition::Referenced(mount_point.to_path_buf())
+        } else {
+            Addition::Unchanged
+        }
+    }
 }
 
 fn new_record(

@@ -210,7 +210,13 @@ async fn failed_mount_leaves_nothing() {
     let fixture = Fixture::new();
     let first = fixture.root().join("first");
     let second = fixture.root().join("nested/second");
-    let storages = [raw_storage(&device, &first), raw_storage(&device, &second)];
+    // A shared storage is kept past its owners, but not when the request
+    // that mounted it fails.
+    let shared = Storage {
+        shared: true,
+        ..raw_storage(&device, &first)
+    };
+    let storages = [shared, raw_storage(&device, &second)];
     fixture.fail_next(&[None, Some(Errno::EPERM)]);
 
     let error = fixture

@@ -76,7 +76,13 @@ impl State {
         record.owners.is_empty() && !record.shared
     }
 
-    /// Mount points of the storages `owner` holds a reference to.
+    /// Returns true when the storage at `mount_point` has no owner.
+    pub fn is_unowned(&self, mount_point: &Path) -> bool {
+        let record = self.storages.get(mount_point);
+        record.is_some_and(|record| record.owners.is_empty())
+    }
+
+    /// Returns the mount points of the storages that `owner` references.
     pub fn held_by(&self, owner: &Owner) -> Vec<PathBuf> {
         let key = owner_key(owner);
         let referenced = self
