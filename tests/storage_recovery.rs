@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::{
     context, create_container_request, create_sandbox_request, mount_count,
     remove_container_request, spec, status_message, storage, TestEnv,
