@@ -30,6 +30,7 @@ async fn kill9_then_restart_removes_everything() {
     let mut env = TestEnv::new("kill9");
     let ext4 = env.add_loop("ext4", EXT4_SIZE, Some("ext4"));
     let xfs = env.add_loop("xfs", XFS_SIZE, Some("xfs"));
+    let raw = env.add_loop("raw", EXT4_SIZE, None);
     let test_path = env.path().display().to_string();
     let mountinfo_before = mountinfo_lines(&test_path);
     assert_eq!(mountinfo_before, Vec::<String>::new());
@@ -38,15 +39,20 @@ async fn kill9_then_restart_removes_everything() {
     let client = env.client().await;
     let sandbox_mount = env.storage_root().join("sandbox vol");
     let container_mount = env.storage_root().join("container-vol");
-    let sandbox_storage = storage(&ext4, "ext4", &sandbox_mount, &[]);
+    let raw_mount = env.storage_root().join("raw");
+    let sandbox_storages = vec![
+        storage(&ext4, "ext4", &sandbox_mount, &[]),
+        storage(&raw, "", &raw_mount, &[]),
+    ];
     let container_storage = storage(&xfs, "xfs", &container_mount, &[]);
-    common::create_sandbox(&client, &env, vec![sandbox_storage.clone()]).await;
+    common::create_sandbox(&client, &env, sandbox_storages.clone()).await;
     let rootfs = env.rootfs("c1");
     let oci = spec(
         &rootfs,
         &[
             (&sandbox_mount.display().to_string(), "/sandbox", &["ro"]),
             (&container_mount.display().to_string(), "/data", &[]),
+            (&raw_mount.display().to_string(), "/dev/xvdc", &[]),
         ],
     );
     let request = create_container_request("c1", vec![container_storage.clone()], Some(oci));
@@ -57,8 +63,8 @@ async fn kill9_then_restart_removes_everything() {
     let attached = common::mounts_under(env.path());
     assert_eq!(
         attached.len(),
-        4,
-        "two storages and two binds: {attached:?}"
+        6,
+        "three storages and three binds: {attached:?}"
     );
 
     env.agent.as_mut().unwrap().kill9();
@@ -72,7 +78,7 @@ async fn kill9_then_restart_removes_everything() {
     let client = env.client().await;
 
     // Repeats after the restart succeed without a second mount.
-    common::create_sandbox(&client, &env, vec![sandbox_storage]).await;
+    common::create_sandbox(&client, &env, sandbox_storages).await;
     client
         .create_container(context(), &request)
         .await
@@ -89,7 +95,7 @@ async fn kill9_then_restart_removes_everything() {
         .unwrap();
     assert_eq!(
         common::mounts_under(env.path()),
-        vec![sandbox_mount.clone()]
+        vec![sandbox_mount.clone(), raw_mount.clone()]
     );
     common::destroy_sandbox(&client, &env).await;
     assert_eq!(

@@ -293,6 +293,8 @@ impl StorageManager {
             if let Some(propagation) = options.propagation {
                 self.set_propagation(mount_point, propagation)?;
             }
+            // NOTE: a raw block volume gets no fsGroup; its device node keeps
+            // the owner and mode that the guest's /dev gave it.
             if let (Some((group_id, policy)), false) = (request.fs_group, request.is_raw_block()) {
                 fsgroup::apply_fs_group(mount_point, group_id, policy, options.read_only())?;
                 if remount_read_only {

@@ -416,3 +416,45 @@ async fn busy_unmount_falls_back_to_detach() {
         ]
     );
 }
+
+#[tokio::test]
+async fn storage_lock_serializes_one_storage_only() {
+    let Some(device) = any_block_device() else {
+        eprintln!("skipping: no block device node in /dev");
+        return;
+    };
+    let fixture = Fixture::new();
+    let locked = fixture.root().join("locked");
+    let free = fixture.root().join("free");
+    let guard = fixture.manager.lock_storage(&locked).await;
+
+    let manager = fixture.manager.clone();
+    let locked_storage = [raw_storage(&device, &locked)];
+    let blocked = tokio::spawn(async move {
+        manager
+            .add_storages(&super::Owner::Sandbox, &locked_storage, TIMEOUT)
+            .await
+    });
+    let free_storage = [raw_storage(&device, &free)];
+    let other = fixture
+        .manager
+        .add_storages(&super::Owner::Sandbox, &free_storage, TIMEOUT);
+    tokio::time::timeout(Duration::from_secs(5), other)
+        .await
+        .expect("another storage proceeds while one is locked")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !blocked.is_finished(),
+        "the locked storage waits for its lock"
+    );
+    assert!(!locked.exists());
+
+    drop(guard);
+    tokio::time::timeout(Duration::from_secs(5), blocked)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(fixture.manager.lookup_path(&locked).is_some());
+}

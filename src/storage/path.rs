@@ -14,7 +14,8 @@ use super::StorageError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     Directory,
-    /// A regular file, for a raw block volume or a bind of a single file.
+    /// Anything but a directory, for a raw block volume or a bind of a single
+    /// file; a regular file is created when missing.
     File,
 }
 
@@ -199,21 +200,22 @@ fn create_node(directory: &OwnedFd, name: &std::ffi::OsStr, kind: NodeKind) -> R
 fn check_kind(fd: &OwnedFd, kind: NodeKind) -> Result<(), OpenError> {
     let stat = rustix::fs::fstat(fd).map_err(OpenError::Errno)?;
     let file_type = FileType::from_raw_mode(stat.st_mode);
+    // A bind over a file target leaves whatever the source was (a device
+    // node for a raw block volume), so any non-directory serves as a file.
     match (file_type, kind) {
-        (FileType::Directory, NodeKind::Directory) | (FileType::RegularFile, NodeKind::File) => {
-            Ok(())
-        }
         (FileType::Symlink, _) => Err(OpenError::Symlink),
-        (FileType::Directory, _) => Err(OpenError::WrongType("directory")),
-        (FileType::RegularFile, _) => Err(OpenError::WrongType("regular file")),
-        _ => Err(OpenError::WrongType("special file")),
+        (FileType::Directory, NodeKind::Directory) => Ok(()),
+        (FileType::Directory, NodeKind::File) => Err(OpenError::WrongType("directory")),
+        (_, NodeKind::File) => Ok(()),
+        (FileType::RegularFile, NodeKind::Directory) => Err(OpenError::WrongType("regular file")),
+        (_, NodeKind::Directory) => Err(OpenError::WrongType("special file")),
     }
 }
 
 fn kind_name(kind: NodeKind) -> &'static str {
     match kind {
         NodeKind::Directory => "directory",
-        NodeKind::File => "regular file",
+        NodeKind::File => "file (not a directory)",
     }
 }
 
