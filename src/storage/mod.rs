@@ -20,6 +20,7 @@ pub mod mountinfo;
 pub mod options;
 pub mod path;
 pub mod probe;
+mod remove;
 mod request;
 mod state;
 

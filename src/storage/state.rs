@@ -83,7 +83,7 @@ impl State {
     }
 
     /// Returns the mount points of the storages that `owner` references.
-    pub fn held_by(&self, owner: &Owner) -> Vec<PathBuf> {
+    pub fn referenced_by(&self, owner: &Owner) -> Vec<PathBuf> {
         let key = owner_key(owner);
         let referenced = self
             .storages
@@ -183,7 +183,7 @@ mod tests {
     /// Drops `owner` everywhere, as RemoveContainer does, and returns the
     /// storages left unused.
     fn drop_everywhere(state: &mut State, owner: &Owner) -> Vec<PathBuf> {
-        let referenced = state.held_by(owner);
+        let referenced = state.referenced_by(owner);
         referenced
             .into_iter()
             .filter(|mount_point| state.drop_owner(mount_point, owner))
