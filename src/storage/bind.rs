@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use protocols::oci::Spec;
-use rustix::fs::FileType;
 use slog::{info, warn};
 
 use super::manager::StorageManager;
 use super::options::{MountOptions, OptionContext};
-use super::path::{self, NodeKind, ResolvedPath};
+use super::path::{self, ResolvedPath};
 use super::state::BindRecord;
 use super::StorageError;
 
@@ -107,28 +106,21 @@ impl StorageManager {
         request: &BindRequest,
     ) -> Result<Option<BindRecord>, StorageError> {
         let Some(volume) = self.lookup_storage(&request.source) else {
-            return Err(StorageError::Invalid {
-                field: "source",
-                value: request.source.display().to_string(),
-                reason: "is under the storage root but not inside a mounted storage; \
-                         list the storage in the request"
-                    .into(),
-            });
+            return Err(not_in_storage(&request.source));
         };
         let _guard = self.lock_key(&volume).await;
+        // The storage may have been removed while this request waited.
+        if !self.lock_state().storages.contains_key(&volume) {
+            return Err(not_in_storage(&request.source));
+        }
         let relative = request
             .source
             .strip_prefix(&volume)
             .unwrap_or(Path::new(""));
         let source = path::resolve_in_root("source", &volume, relative, None)?;
-        let kind = match FileType::from_raw_mode(
-            rustix::fs::fstat(&source.fd)
-                .map_err(|errno| resolve_error("source", &volume, relative, errno))?
-                .st_mode,
-        ) {
-            FileType::Directory => NodeKind::Directory,
-            _ => NodeKind::File,
-        };
+        let kind = source
+            .node_kind()
+            .map_err(|errno| resolve_error("source", &volume, relative, errno))?;
 
         let target = path::resolve_in_root(
             "destination",
@@ -278,6 +270,16 @@ impl StorageManager {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn not_in_storage(source: &Path) -> StorageError {
+    StorageError::Invalid {
+        field: "source",
+        value: source.display().to_string(),
+        reason: "is under the storage root but not inside a mounted storage; \
+                 list the storage in the request"
+            .into(),
     }
 }
 

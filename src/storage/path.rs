@@ -236,6 +236,15 @@ pub struct ResolvedPath {
 }
 
 impl ResolvedPath {
+    /// Returns the kind of node the descriptor refers to.
+    pub fn node_kind(&self) -> Result<NodeKind, Errno> {
+        let stat = rustix::fs::fstat(&self.fd)?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Directory => Ok(NodeKind::Directory),
+            _ => Ok(NodeKind::File),
+        }
+    }
+
     /// Returns the `/proc/self/fd` magic link to hand to mount(2).
     pub fn proc_path(&self) -> PathBuf {
         fd_proc_path(&self.fd)
