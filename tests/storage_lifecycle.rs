@@ -213,6 +213,19 @@ async fn sandbox_and_shared_storages_last_until_destroy() {
     let mounts = common::mounts_under(env.path());
     assert_eq!(mounts, vec![sandbox_mount.clone(), shared_mount.clone()]);
 
+    // A container still running at DestroySandbox loses its binds too.
+    let rootfs = env.rootfs("c2");
+    let oci = spec(
+        &rootfs,
+        &[(&shared_mount.display().to_string(), "/shared", &["ro"])],
+    );
+    let request = create_container_request("c2", vec![], Some(oci));
+    client
+        .create_container(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(mount_count(&rootfs.join("shared")), 1);
+
     common::destroy_sandbox(&client, &env).await;
     assert!(!sandbox_mount.exists());
     assert!(!shared_mount.exists());
