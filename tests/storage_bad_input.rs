@@ -57,6 +57,10 @@ async fn failed_first_mount_then_retry() {
         message.contains(&ext4),
         "the message names the device: {message}"
     );
+    assert!(
+        message.contains("errors=bogus"),
+        "the message names the options: {message}"
+    );
     assert!(!first_mount.exists(), "no directory left");
     assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
     assert_eq!(common::saved_storage_count(&env.state_file()), 0);

@@ -281,6 +281,7 @@ impl StorageManager {
             device: device.dev_path.clone(),
             fstype: request.fstype.clone(),
             mount_point: mount_point.clone(),
+            options: request.options_text.clone(),
             error,
         })?;
 

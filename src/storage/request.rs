@@ -20,6 +20,8 @@ pub struct StorageRequest {
     /// Empty for a raw block volume.
     pub fstype: String,
     pub options: MountOptions,
+    /// `Storage.options` joined with commas, for messages.
+    pub options_text: String,
     pub fs_group: Option<(u32, ChangePolicy)>,
     pub shared: bool,
 }
@@ -57,6 +59,7 @@ impl StorageRequest {
             mount_point,
             fstype: storage.fstype.clone(),
             options,
+            options_text: storage.options.join(","),
             fs_group,
             shared: storage.shared,
         })
