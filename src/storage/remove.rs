@@ -53,7 +53,8 @@ impl StorageManager {
     pub(super) fn unmount(&self, target: &Path) -> Result<(), StorageError> {
         let result = match self.mounter.umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
             Err(Errno::EBUSY) => {
-                warn!(self.logger, "mount busy, detaching lazily"; "mount_point" => %target.display());
+                warn!(self.logger, "mount busy, detaching lazily";
+                    "mount_point" => %target.display());
                 self.mounter
                     .umount2(target, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH)
             }
@@ -123,7 +124,9 @@ impl StorageManager {
         path::remove_created(&record.created);
         self.update_state(|state| state.storages.remove(mount_point))?;
         info!(self.logger, "storage unmounted";
-            "storage_id" => storage_id(mount_point), "mount_point" => %mount_point.display(), "device" => %record.volume.dev_path.display());
+            "storage_id" => storage_id(mount_point),
+            "mount_point" => %mount_point.display(),
+            "device" => %record.volume.dev_path.display());
         Ok(())
     }
 }
