@@ -46,8 +46,8 @@ impl StorageManager {
         StorageManager::with_mounter(logger, config, registry, Arc::new(SystemMounter))
     }
 
-    /// Like [`StorageManager::new`], with the mount syscalls made through
-    /// `mounter`.
+    /// Creates the manager like [`StorageManager::new`], but makes the mount
+    /// syscalls through `mounter`.
     pub fn with_mounter(
         logger: slog::Logger,
         mut config: StorageConfig,
@@ -83,8 +83,8 @@ impl StorageManager {
         Ok(mount_points)
     }
 
-    /// Mounts each storage for `owner` and returns the mount points plus
-    /// what each one changed, which a caller that fails later undoes with
+    /// Mounts each storage for `owner` and returns the mount points and the
+    /// change made for each. A caller that fails later passes the changes to
     /// [`StorageManager::undo_additions`].
     pub(super) async fn add_storages_undoable(
         &self,
