@@ -37,8 +37,8 @@ pub struct Plan {
 }
 
 pub const FULL: Plan = Plan {
-    single_cycles: 50,
-    concurrent_rounds: 5,
+    single_cycles: 200,
+    concurrent_rounds: 10,
 };
 pub const QUICK: Plan = Plan {
     single_cycles: 3,
