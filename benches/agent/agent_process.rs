@@ -165,7 +165,7 @@ impl AgentProcess {
                     .map(str::to_string);
             }
         }
-        by_file.sort_by(|a, b| b.1.cmp(&a.1));
+        by_file.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));
         Ok(by_file)
     }
 
