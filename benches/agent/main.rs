@@ -112,7 +112,7 @@ fn main() -> ExitCode {
     } else {
         &uevent_storm::FULL
     };
-    let resize_rounds = if quick { 1 } else { 5 };
+    let resize_rounds = if quick { 2 } else { 20 };
     let rss_requests = if quick { 2_000 } else { 100_000 };
 
     let mut runner = Runner {
