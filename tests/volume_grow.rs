@@ -8,15 +8,10 @@ mod volume_support;
 use std::time::{Duration, Instant};
 
 use volume_agent::volume::{ResizeOutcome, VolumeError};
-use volume_support::{grow_loop, kernel_statvfs, run, service, LoopDisk, MIB};
+use volume_support::{grow_loop, run, service, statfs_total, LoopDisk, MIB};
 
 fn deadline(seconds: u64) -> Instant {
     Instant::now() + Duration::from_secs(seconds)
-}
-
-fn statfs_total(disk: &LoopDisk) -> u64 {
-    let stat = kernel_statvfs(&disk.mount_point);
-    stat.blocks() * stat.fragment_size()
 }
 
 #[tokio::test]
@@ -25,14 +20,14 @@ async fn xfs_grows_online() {
     let disk = LoopDisk::mounted(320 * MIB, "xfs");
     let volume = disk.managed_volume();
     let (service, _state) = service();
-    let before = statfs_total(&disk);
+    let before = statfs_total(&disk.mount_point);
 
     disk.grow_device(480 * MIB);
     let outcome = service
         .resize_volume(&volume, 480 * MIB, deadline(30))
         .await
         .unwrap();
-    let after = statfs_total(&disk);
+    let after = statfs_total(&disk.mount_point);
     assert!(
         after > before + 100 * MIB,
         "statfs total {before} -> {after}"
@@ -47,7 +42,11 @@ async fn xfs_grows_online() {
         matches!(again, ResizeOutcome::AlreadyGrown { device_bytes, .. } if device_bytes == 480 * MIB),
         "{again:?}"
     );
-    assert_eq!(statfs_total(&disk), after, "a repeat changes nothing");
+    assert_eq!(
+        statfs_total(&disk.mount_point),
+        after,
+        "a repeat changes nothing"
+    );
 }
 
 #[tokio::test]
@@ -56,7 +55,7 @@ async fn xfs_grow_waits_for_device() {
     let disk = LoopDisk::mounted(320 * MIB, "xfs");
     let volume = disk.managed_volume();
     let (service, _state) = service();
-    let before = statfs_total(&disk);
+    let before = statfs_total(&disk.mount_point);
 
     let (image, device) = (disk.image.clone(), disk.device.clone());
     let grower = std::thread::spawn(move || {
@@ -71,7 +70,7 @@ async fn xfs_grow_waits_for_device() {
         matches!(outcome, Ok(ResizeOutcome::Grown { .. })),
         "{outcome:?}"
     );
-    assert!(statfs_total(&disk) > before);
+    assert!(statfs_total(&disk.mount_point) > before);
 }
 
 #[tokio::test]
@@ -80,7 +79,7 @@ async fn xfs_shrink_is_rejected() {
     let disk = LoopDisk::mounted(320 * MIB, "xfs");
     let volume = disk.managed_volume();
     let (service, _state) = service();
-    let before = statfs_total(&disk);
+    let before = statfs_total(&disk.mount_point);
 
     let error = service
         .resize_volume(&volume, 100 * MIB, deadline(30))
@@ -88,7 +87,7 @@ async fn xfs_shrink_is_rejected() {
         .unwrap_err();
     assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{error}");
     assert!(matches!(error, VolumeError::Shrink { requested, .. } if requested == 100 * MIB));
-    assert_eq!(statfs_total(&disk), before);
+    assert_eq!(statfs_total(&disk.mount_point), before);
 }
 
 #[tokio::test]
@@ -126,7 +125,7 @@ async fn ext4_grow_reaches_resize2fs() {
     let disk = LoopDisk::mounted(64 * MIB, "ext4");
     let volume = disk.managed_volume();
     let (service, _state) = service();
-    let before = statfs_total(&disk);
+    let before = statfs_total(&disk.mount_point);
 
     disk.grow_device(128 * MIB);
     match service
@@ -134,7 +133,7 @@ async fn ext4_grow_reaches_resize2fs() {
         .await
     {
         Ok(outcome) => {
-            let after = statfs_total(&disk);
+            let after = statfs_total(&disk.mount_point);
             assert!(after > before, "statfs total {before} -> {after}");
             assert_eq!(outcome, ResizeOutcome::Grown { before, after });
         }
@@ -155,7 +154,7 @@ async fn ext4_grow_reaches_resize2fs() {
             let message = error.to_string();
             assert!(message.contains(disk.device.to_str().unwrap()), "{message}");
             assert!(message.contains("resize2fs"), "{message}");
-            assert_eq!(statfs_total(&disk), before);
+            assert_eq!(statfs_total(&disk.mount_point), before);
         }
     }
 }
@@ -204,7 +203,7 @@ async fn ext4_with_errors_is_untouched() {
     disk.mount("rw");
     let volume = disk.managed_volume();
     let (service, _state) = service();
-    let before = statfs_total(&disk);
+    let before = statfs_total(&disk.mount_point);
 
     disk.grow_device(128 * MIB);
     let error = service
@@ -216,7 +215,7 @@ async fn ext4_with_errors_is_untouched() {
         error.to_string().contains("ext4 recorded 1 errors"),
         "{error}"
     );
-    assert_eq!(statfs_total(&disk), before);
+    assert_eq!(statfs_total(&disk.mount_point), before);
 }
 
 #[tokio::test]

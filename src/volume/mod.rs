@@ -35,6 +35,9 @@ pub use error::VolumeError;
 pub use grow::ResizeOutcome;
 use probe::Prober;
 
+/// Largest part of a resize timeout kept for the reply, see [`reply_margin`].
+const MAX_REPLY_MARGIN: Duration = Duration::from_secs(1);
+
 /// Default bound on one blocking probe of a volume.
 pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -94,7 +97,8 @@ impl VolumeService {
     }
 
     /// Grows the volume at `path` to at least `size` bytes (0: to whatever
-    /// the device now has), waiting at most `timeout` in all.
+    /// the device now has). It gives up a little before `timeout`, so that
+    /// its error reaches a client waiting exactly `timeout`.
     ///
     /// # Errors
     /// NOT_FOUND for a missing path, FAILED_PRECONDITION for a path on no
@@ -114,7 +118,8 @@ impl VolumeService {
             .lookup_path(&path)
             .ok_or_else(|| VolumeError::NotManaged { path: path.clone() })?;
         let _guard = self.storage.lock_storage(&volume.mount_point).await;
-        let outcome = self.resize_volume(&volume, size, started + timeout).await?;
+        let deadline = started + timeout.saturating_sub(reply_margin(timeout));
+        let outcome = self.resize_volume(&volume, size, deadline).await?;
         info!(self.logger, "volume resized";
             "mount_point" => %volume.mount_point.display(),
             "device" => %volume.dev_path.display(),
@@ -164,6 +169,13 @@ impl VolumeService {
         let dir = blockdev::sysfs_dir(&self.registry, &self.sysfs_root, volume.major, volume.minor);
         (format!("{}:{}", volume.major, volume.minor), dir)
     }
+}
+
+/// Returns the part of a request timeout kept for sending the reply: a
+/// client whose deadline passes first sees only its own timeout, not the
+/// error that names the sizes.
+fn reply_margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(MAX_REPLY_MARGIN)
 }
 
 /// Tells whether a stat error means the path does not exist.

@@ -1,7 +1,9 @@
-//! Loop-device fixtures shared by the volume integration tests. Every
+//! Loop-device and agent fixtures shared by the volume integration tests. Every
 //! fixture undoes what it set up when dropped, also when a test panics.
 
 #![allow(dead_code)]
+
+pub mod agent;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -190,6 +192,45 @@ impl Drop for LoopDisk {
     }
 }
 
+/// A private tmpfs, so that statfs numbers stay still while a test compares
+/// them, unlike a filesystem that other processes write to.
+pub struct Tmpfs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount() -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("volume-tmpfs-")
+            .tempdir()
+            .unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                "size=16m",
+                "tmpfs",
+                dir.path().to_str().unwrap(),
+            ],
+        );
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        if nix::mount::umount(self.dir.path()).is_err() {
+            let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 /// A volume service over a storage manager that manages nothing, for
 /// calling the per-volume functions directly.
 pub fn service() -> (VolumeService, tempfile::TempDir) {
@@ -226,6 +267,53 @@ pub fn assert_abnormal(response: &protocols::csi::VolumeStatsResponse, expected:
             condition.message
         );
     }
+}
+
+/// Returns the usage of `unit` in `response`.
+pub fn usage_of(
+    response: &protocols::csi::VolumeStatsResponse,
+    unit: protocols::csi::volume_usage::Unit,
+) -> &protocols::csi::VolumeUsage {
+    response
+        .usage
+        .iter()
+        .find(|usage| usage.unit == unit.into())
+        .unwrap_or_else(|| panic!("no {unit:?} usage in {response:?}"))
+}
+
+/// Asserts that `response` carries exactly the kernel's numbers for `path`.
+pub fn assert_matches_kernel(response: &protocols::csi::VolumeStatsResponse, path: &Path) {
+    use protocols::csi::volume_usage::Unit;
+
+    let stat = kernel_statvfs(path);
+    let frsize = stat.fragment_size();
+    let shown = path.display();
+    let bytes = usage_of(response, Unit::BYTES);
+    assert_eq!(
+        bytes.total,
+        stat.blocks() * frsize,
+        "bytes total of {shown}"
+    );
+    let used = (stat.blocks() - stat.blocks_free()) * frsize;
+    assert_eq!(bytes.used, used, "bytes used of {shown}");
+    let available = stat.blocks_available() * frsize;
+    assert_eq!(bytes.available, available, "bytes available of {shown}");
+
+    let inodes = usage_of(response, Unit::INODES);
+    assert_eq!(inodes.total, stat.files(), "inodes total of {shown}");
+    let used = stat.files() - stat.files_free();
+    assert_eq!(inodes.used, used, "inodes used of {shown}");
+    assert_eq!(
+        inodes.available,
+        stat.files_free(),
+        "inodes available of {shown}"
+    );
+}
+
+/// Returns the statfs total of the filesystem at `path`, in bytes.
+pub fn statfs_total(path: &Path) -> u64 {
+    let stat = kernel_statvfs(path);
+    stat.blocks() * stat.fragment_size()
 }
 
 /// Kernel statfs numbers for `path`, the reference the agent must match.
