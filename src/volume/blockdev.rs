@@ -14,7 +14,7 @@ const SYSFS_SECTOR_BYTES: u64 = 512;
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 
 /// Returns the sysfs directory of device `major:minor`: the registry's entry
-/// when it knows the device, else the `dev/block/MAJ:MIN` link resolved.
+/// when it has the device, else the `dev/block/MAJ:MIN` link resolved.
 /// The result may not exist, which means the device is gone.
 pub fn sysfs_dir(registry: &DeviceRegistry, sysfs_root: &Path, major: u32, minor: u32) -> PathBuf {
     if let Some(device) = registry.find_by_devno(major, minor) {
@@ -68,7 +68,7 @@ pub fn ioctl_size(dev_path: &Path) -> std::io::Result<u64> {
 }
 
 /// Asks a SCSI disk to re-read its capacity by writing `1` to its
-/// `device/rescan`. For a partition this rescans the disk that holds it.
+/// `device/rescan`. For a partition this rescans the disk that contains it.
 /// Returns the rescan path written, or `None` when the device has no rescan
 /// attribute (virtio-blk and loop devices update their size themselves).
 pub fn rescan(sysfs_dir: &Path) -> std::io::Result<Option<PathBuf>> {

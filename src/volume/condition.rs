@@ -15,12 +15,12 @@ use super::usage::FsCounts;
 /// Message of a healthy volume.
 pub const OK_MESSAGE: &str = "OK";
 
-/// What the blocking part of a filesystem probe saw at its mount root.
+/// Results of the blocking part of a filesystem probe at its mount root.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsObservation {
     pub statfs: Result<FsCounts, Errno>,
-    /// Opening the root directory: a shut-down xfs still answers statfs but
-    /// fails this with EIO.
+    /// Opening the root directory: a shut-down xfs still returns statfs
+    /// numbers but fails this with EIO.
     pub root_open: Result<(), Errno>,
 }
 
@@ -79,8 +79,8 @@ impl Condition {
         condition
     }
 
-    /// A normal condition with its own message, for paths the agent does
-    /// not manage and so does not judge.
+    /// Builds a normal condition with its own message, for paths the agent
+    /// does not manage and so does not judge.
     pub fn unjudged(message: String) -> VolumeCondition {
         let mut condition = VolumeCondition::new();
         condition.abnormal = false;

@@ -143,7 +143,7 @@ pub enum VolumeError {
 }
 
 impl VolumeError {
-    /// The ttrpc status code a request failing with this error gets.
+    /// Returns the ttrpc status code of a request that fails with this error.
     pub fn code(&self) -> ttrpc::Code {
         match self {
             VolumeError::NotFound { .. } => ttrpc::Code::NOT_FOUND,

@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-/// Where the primary ext2/3/4 superblock starts on the device.
+/// Byte offset of the primary ext2/3/4 superblock on the device.
 const EXT4_SUPERBLOCK_OFFSET: u64 = 1024;
 const EXT4_SUPERBLOCK_SIZE: usize = 1024;
 const EXT4_MAGIC: u16 = 0xEF53;
@@ -75,7 +75,7 @@ impl FsGeometry {
                 let data_blocks = blocks.saturating_sub(first_data_block);
                 let groups = data_blocks.div_ceil(blocks_per_group.max(1));
                 let descriptor_blocks = (groups * descriptor_size).div_ceil(self.block_size.max(1));
-                // Assumes the last group holds a superblock backup, so a
+                // Assumes the last group contains a superblock backup, so a
                 // tail slightly above what resize2fs keeps may be counted
                 // as dropped.
                 let overhead = group_overhead_base + descriptor_blocks;
@@ -104,7 +104,7 @@ impl FsGeometry {
 
 /// Reads the geometry of an ext2/3/4 filesystem from the primary superblock
 /// on `dev_path`. The read goes through the block device's page cache,
-/// which holds the same superblock buffer the mounted ext4 updates.
+/// which contains the same superblock buffer the mounted ext4 updates.
 pub fn read_ext4(dev_path: &Path) -> Result<FsGeometry, String> {
     let file = File::open(dev_path).map_err(|error| format!("opening the device: {error}"))?;
     let mut superblock = [0u8; EXT4_SUPERBLOCK_SIZE];
@@ -113,65 +113,91 @@ pub fn read_ext4(dev_path: &Path) -> Result<FsGeometry, String> {
     parse_ext4_superblock(&superblock, page_size())
 }
 
-/// Decodes the fields of an ext4 superblock (little endian, offsets from
-/// the on-disk `struct ext4_super_block`).
+/// Byte offsets of the `struct ext4_super_block` fields read here.
+mod ext4_offset {
+    pub const BLOCKS_COUNT_LO: usize = 0x04;
+    pub const FIRST_DATA_BLOCK: usize = 0x14;
+    pub const LOG_BLOCK_SIZE: usize = 0x18;
+    pub const BLOCKS_PER_GROUP: usize = 0x20;
+    pub const INODES_PER_GROUP: usize = 0x28;
+    pub const MAGIC: usize = 0x38;
+    pub const INODE_SIZE: usize = 0x58;
+    pub const FEATURE_INCOMPAT: usize = 0x60;
+    pub const RESERVED_GDT_BLOCKS: usize = 0xCE;
+    pub const DESC_SIZE: usize = 0xFE;
+    pub const BLOCKS_COUNT_HI: usize = 0x150;
+}
+
+fn le16(bytes: &[u8], offset: usize) -> u64 {
+    u64::from(u16::from_le_bytes([bytes[offset], bytes[offset + 1]]))
+}
+
+fn le32(bytes: &[u8], offset: usize) -> u64 {
+    let field = [
+        bytes[offset],
+        bytes[offset + 1],
+        bytes[offset + 2],
+        bytes[offset + 3],
+    ];
+    u64::from(u32::from_le_bytes(field))
+}
+
+/// Decodes an ext4 superblock (little endian) into its geometry.
 pub fn parse_ext4_superblock(superblock: &[u8], page_size: u64) -> Result<FsGeometry, String> {
-    let u16_at = |offset: usize| {
-        u64::from(u16::from_le_bytes([
-            superblock[offset],
-            superblock[offset + 1],
-        ]))
-    };
-    let u32_at = |offset: usize| {
-        let bytes = [
-            superblock[offset],
-            superblock[offset + 1],
-            superblock[offset + 2],
-            superblock[offset + 3],
-        ];
-        u32::from_le_bytes(bytes)
-    };
+    use ext4_offset::*;
+
     if superblock.len() < EXT4_SUPERBLOCK_SIZE {
         return Err(format!(
-            "superblock is {} bytes, expected 1024",
+            "superblock is {} bytes, expected {EXT4_SUPERBLOCK_SIZE}",
             superblock.len()
         ));
     }
-    if u16_at(0x38) != u64::from(EXT4_MAGIC) {
-        return Err(format!("bad ext4 magic {:#x}", u16_at(0x38)));
-    }
-    let log_block_size = u32_at(0x18);
-    if log_block_size > 6 {
+    let magic = le16(superblock, MAGIC);
+    if magic != u64::from(EXT4_MAGIC) {
         return Err(format!(
-            "block size exponent {log_block_size} is out of range"
+            "invalid ext4 magic {magic:#x}, expected {EXT4_MAGIC:#x}"
         ));
     }
-    let block_size = 1024u64 << log_block_size;
-    let is_64bit = u32_at(0x60) & EXT4_FEATURE_INCOMPAT_64BIT != 0;
-    let blocks_hi = if is_64bit {
-        u64::from(u32_at(0x150))
-    } else {
-        0
-    };
-    let blocks = (blocks_hi << 32) | u64::from(u32_at(0x04));
-    let blocks_per_group = u64::from(u32_at(0x20));
+    let log_block_size = le32(superblock, LOG_BLOCK_SIZE);
+    if log_block_size > 6 {
+        return Err(format!(
+            "block size exponent {log_block_size} is out of range 0..=6"
+        ));
+    }
+    let blocks_per_group = le32(superblock, BLOCKS_PER_GROUP);
     if blocks_per_group == 0 {
         return Err("blocks per group is 0".to_string());
     }
-    let inode_size = u16_at(0x58).max(128);
-    let inode_table_blocks = (u64::from(u32_at(0x28)) * inode_size).div_ceil(block_size);
-    let descriptor_size = if is_64bit { u16_at(0xFE).max(32) } else { 32 };
+
+    let block_size = 1024u64 << log_block_size;
+    let is_64bit = le32(superblock, FEATURE_INCOMPAT) & u64::from(EXT4_FEATURE_INCOMPAT_64BIT) != 0;
+    let blocks_hi = if is_64bit {
+        le32(superblock, BLOCKS_COUNT_HI)
+    } else {
+        0
+    };
+    let blocks = (blocks_hi << 32) | le32(superblock, BLOCKS_COUNT_LO);
     let max_blocks = if is_64bit {
         u64::MAX
     } else {
         u64::from(u32::MAX)
     };
-    let group_overhead_base = 2 + inode_table_blocks + 1 + u16_at(0xCE);
+
+    // Revision 0 superblocks leave the inode size 0, meaning 128 bytes.
+    let inode_size = le16(superblock, INODE_SIZE).max(128);
+    let inode_table_blocks = (le32(superblock, INODES_PER_GROUP) * inode_size).div_ceil(block_size);
+    let descriptor_size = if is_64bit {
+        le16(superblock, DESC_SIZE).max(32)
+    } else {
+        32
+    };
+    let group_overhead_base = 2 + inode_table_blocks + 1 + le16(superblock, RESERVED_GDT_BLOCKS);
+
     Ok(FsGeometry {
         block_size,
         blocks,
         rule: GrowRule::Ext4 {
-            first_data_block: u64::from(u32_at(0x14)),
+            first_data_block: le32(superblock, FIRST_DATA_BLOCK),
             blocks_per_group,
             group_overhead_base,
             descriptor_size,
@@ -188,7 +214,7 @@ fn page_size() -> u64 {
 }
 
 /// `struct xfs_fsop_geom_v1` from <xfs/xfs_fs.h>, the oldest geometry
-/// layout every kernel answers.
+/// layout, which every kernel supports.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct XfsGeometryV1 {

@@ -23,7 +23,7 @@ const TOOL_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 type GeometryReader = fn(&Path) -> Result<FsGeometry, String>;
 
-/// What a successful resize did.
+/// Result of a successful resize.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ResizeOutcome {
     /// A raw block volume: the device reports `device_bytes`, nothing grown.

@@ -1,10 +1,10 @@
 //! Volume statistics and online grow.
 //!
-//! [`VolumeService::stats`] answers `GetVolumeStats` for a storage mount
+//! [`VolumeService::stats`] serves `GetVolumeStats` for a storage mount
 //! point, a bind target of one in a container rootfs, or any path inside
 //! either: byte and inode usage from `statfs`, or the device size for a raw
 //! block volume, and a condition judged from sysfs, the mount table and
-//! probes of the mount root. [`VolumeService::resize`] answers
+//! probes of the mount root. [`VolumeService::resize`] serves
 //! `ResizeVolume`: rescan the device, wait for its new size, grow the
 //! filesystem online and confirm the growth by `statfs`.
 //!
@@ -22,8 +22,9 @@ pub mod probe;
 mod stats;
 pub mod usage;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use slog::info;
@@ -35,7 +36,7 @@ pub use error::VolumeError;
 pub use grow::ResizeOutcome;
 use probe::Prober;
 
-/// Largest part of a resize timeout kept for the reply, see [`reply_margin`].
+/// Largest part of a resize timeout reserved for the reply, see [`reply_margin`].
 const MAX_REPLY_MARGIN: Duration = Duration::from_secs(1);
 
 /// Default bound on one blocking probe of a volume.
@@ -47,6 +48,8 @@ pub struct VolumeService {
     registry: Arc<DeviceRegistry>,
     sysfs_root: PathBuf,
     prober: Prober,
+    /// Condition message last reported per mount point, to log changes only.
+    last_conditions: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl VolumeService {
@@ -61,6 +64,7 @@ impl VolumeService {
             registry,
             sysfs_root: PathBuf::from("/sys"),
             prober: Prober::new(DEFAULT_PROBE_TIMEOUT),
+            last_conditions: Mutex::new(HashMap::new()),
         }
     }
 
@@ -80,8 +84,8 @@ impl VolumeService {
     /// Returns byte and inode usage and the condition of the volume at `path`.
     ///
     /// # Errors
-    /// NOT_FOUND when `path` does not exist. A path on no managed volume is
-    /// answered from `statfs` alone with a normal condition that says so.
+    /// NOT_FOUND when `path` does not exist. A path on no managed volume gets
+    /// the `statfs` numbers alone with a normal condition that says so.
     pub async fn stats(
         &self,
         path: &str,
@@ -171,9 +175,9 @@ impl VolumeService {
     }
 }
 
-/// Returns the part of a request timeout kept for sending the reply: a
-/// client whose deadline passes first sees only its own timeout, not the
-/// error that names the sizes.
+/// Returns the part of a request timeout reserved for sending the reply.
+/// A client whose deadline passes first gets only its own timeout error,
+/// not the error that names the sizes.
 fn reply_margin(timeout: Duration) -> Duration {
     (timeout / 10).min(MAX_REPLY_MARGIN)
 }

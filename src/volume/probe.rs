@@ -4,16 +4,17 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Why a probe returned no result.
+/// Reason a probe returned no result.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProbeStall {
     /// This probe did not return within the wait.
     TimedOut { waited: Duration },
-    /// An earlier probe of the same path has still not returned, so no new
-    /// thread is spent on it.
+    /// An earlier probe of the same path has run longer than the wait and
+    /// still not returned, so no new thread is spent on it.
     StillRunning { since: Duration },
 }
 
@@ -28,12 +29,16 @@ impl std::fmt::Display for ProbeStall {
     }
 }
 
-/// Runs blocking probes keyed by path, at most one at a time per path. A
-/// probe that times out keeps its thread until the kernel call returns, and
-/// its key stays taken until then.
+/// Ids and start times of the probes still running, by path.
+type RunningProbes = HashMap<PathBuf, Vec<(u64, Instant)>>;
+
+/// Runs blocking probes keyed by path. A probe that times out keeps its
+/// thread until the kernel call returns. While such a probe is pending, new
+/// probes of its path fail at once instead of piling up blocked threads.
 pub struct Prober {
     timeout: Duration,
-    running: Arc<Mutex<HashMap<PathBuf, Instant>>>,
+    running: Arc<Mutex<RunningProbes>>,
+    next_id: AtomicU64,
 }
 
 impl Prober {
@@ -41,6 +46,7 @@ impl Prober {
         Prober {
             timeout,
             running: Arc::new(Mutex::new(HashMap::new())),
+            next_id: AtomicU64::new(0),
         }
     }
 
@@ -55,24 +61,28 @@ impl Prober {
         T: Send + 'static,
         F: FnOnce() -> T + Send + 'static,
     {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(started) = running.get(key) {
-                return Err(ProbeStall::StillRunning {
-                    since: started.elapsed(),
-                });
+            let probes = running.entry(key.to_path_buf()).or_default();
+            let oldest = probes.iter().map(|(_, started)| started.elapsed()).max();
+            if let Some(since) = oldest.filter(|since| *since >= self.timeout) {
+                return Err(ProbeStall::StillRunning { since });
             }
-            running.insert(key.to_path_buf(), Instant::now());
+            probes.push((id, Instant::now()));
         }
 
         let running = self.running.clone();
         let owned_key = key.to_path_buf();
         let task = tokio::task::spawn_blocking(move || {
             let result = probe();
-            running
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&owned_key);
+            let mut running = running.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(probes) = running.get_mut(&owned_key) {
+                probes.retain(|(probe_id, _)| *probe_id != id);
+                if probes.is_empty() {
+                    running.remove(&owned_key);
+                }
+            }
             result
         });
         match tokio::time::timeout(self.timeout, task).await {
@@ -99,6 +109,23 @@ mod tests {
             Ok(8),
             "key released"
         );
+        assert!(
+            prober.running.lock().unwrap().is_empty(),
+            "nothing left running"
+        );
+    }
+
+    #[tokio::test]
+    async fn concurrent_probes_of_one_path() {
+        let prober = Prober::new(Duration::from_secs(5));
+        let slow = prober.run(Path::new("/a"), || {
+            std::thread::sleep(Duration::from_millis(100));
+            1
+        });
+        let fast = prober.run(Path::new("/a"), || 2);
+        let (slow, fast) = tokio::join!(slow, fast);
+        assert_eq!(slow, Ok(1));
+        assert_eq!(fast, Ok(2), "a probe within its wait does not block others");
     }
 
     #[tokio::test]

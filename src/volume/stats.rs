@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use protocols::csi::VolumeStatsResponse;
-use slog::warn;
+use slog::{info, warn};
 
 use super::condition::{self, Condition, FsFacts, FsObservation};
 use super::probe::ProbeStall;
@@ -30,7 +30,8 @@ impl VolumeService {
         }
     }
 
-    /// Answers a path on no managed volume from `statfs` alone.
+    /// Returns the statistics of a path on no managed volume from `statfs`
+    /// alone.
     pub(super) async fn unmanaged_stats(
         &self,
         path: &Path,
@@ -115,7 +116,7 @@ impl VolumeService {
             response.usage.push(usage::byte_usage(counts));
             response.usage.push(usage::inode_usage(counts));
         }
-        self.log_abnormal(volume, &condition);
+        self.log_condition(volume, &condition);
         response.volume_condition = Some(condition.to_proto()).into();
         Ok(response)
     }
@@ -150,17 +151,38 @@ impl VolumeService {
         if let Ok(size) = size {
             response.usage.push(usage::block_device_usage(size));
         }
-        self.log_abnormal(volume, &condition);
+        self.log_condition(volume, &condition);
         response.volume_condition = Some(condition.to_proto()).into();
         Ok(response)
     }
 
-    fn log_abnormal(&self, volume: &ManagedVolume, condition: &Condition) {
+    /// Logs a change of the volume's condition once. Stats are polled
+    /// (kubelet asks every minute), so an unchanged condition is not logged
+    /// again.
+    fn log_condition(&self, volume: &ManagedVolume, condition: &Condition) {
+        let message = condition.message();
+        let previous = {
+            let mut last = self
+                .last_conditions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            last.insert(volume.mount_point.clone(), message.clone())
+        };
+        let changed = previous
+            .as_deref()
+            .map_or(condition.is_abnormal(), |previous| previous != message);
+        if !changed {
+            return;
+        }
         if condition.is_abnormal() {
             warn!(self.logger, "volume is abnormal";
                 "mount_point" => %volume.mount_point.display(),
                 "device" => %volume.dev_path.display(),
-                "condition" => condition.message());
+                "condition" => message);
+        } else {
+            info!(self.logger, "volume is healthy again";
+                "mount_point" => %volume.mount_point.display(),
+                "device" => %volume.dev_path.display());
         }
     }
 }

@@ -148,7 +148,7 @@ impl LoopDisk {
             .into_owned()
     }
 
-    /// The storage record the agent would keep for this disk.
+    /// Builds the storage record the agent would keep for this disk.
     pub fn managed_volume(&self) -> ManagedVolume {
         let rdev = std::fs::metadata(&self.device).unwrap().rdev();
         ManagedVolume {
@@ -231,8 +231,8 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A volume service over a storage manager that manages nothing, for
-/// calling the per-volume functions directly.
+/// Creates a volume service over a storage manager that manages nothing,
+/// for calling the per-volume functions directly.
 pub fn service() -> (VolumeService, tempfile::TempDir) {
     let logger = volume_agent::logging::discard();
     let state = tempfile::Builder::new()
@@ -287,26 +287,26 @@ pub fn assert_matches_kernel(response: &protocols::csi::VolumeStatsResponse, pat
 
     let stat = kernel_statvfs(path);
     let frsize = stat.fragment_size();
-    let shown = path.display();
+    let path_text = path.display();
     let bytes = usage_of(response, Unit::BYTES);
     assert_eq!(
         bytes.total,
         stat.blocks() * frsize,
-        "bytes total of {shown}"
+        "bytes total of {path_text}"
     );
     let used = (stat.blocks() - stat.blocks_free()) * frsize;
-    assert_eq!(bytes.used, used, "bytes used of {shown}");
+    assert_eq!(bytes.used, used, "bytes used of {path_text}");
     let available = stat.blocks_available() * frsize;
-    assert_eq!(bytes.available, available, "bytes available of {shown}");
+    assert_eq!(bytes.available, available, "bytes available of {path_text}");
 
     let inodes = usage_of(response, Unit::INODES);
-    assert_eq!(inodes.total, stat.files(), "inodes total of {shown}");
+    assert_eq!(inodes.total, stat.files(), "inodes total of {path_text}");
     let used = stat.files() - stat.files_free();
-    assert_eq!(inodes.used, used, "inodes used of {shown}");
+    assert_eq!(inodes.used, used, "inodes used of {path_text}");
     assert_eq!(
         inodes.available,
         stat.files_free(),
-        "inodes available of {shown}"
+        "inodes available of {path_text}"
     );
 }
 
