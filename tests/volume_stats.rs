@@ -210,3 +210,39 @@ async fn gone_device_is_abnormal() {
     );
     assert_abnormal(&response, &[&expected]);
 }
+
+#[tokio::test]
+async fn removed_raw_device_is_abnormal() {
+    require!();
+    let mut disk = LoopDisk::new(16 * MIB, "", &[]);
+    let volume = disk.managed_volume();
+    let (service, _state) = service();
+    if !disk.remove_device() {
+        eprintln!(
+            "skipped: another process attached {} first",
+            disk.device.display()
+        );
+        return;
+    }
+
+    // The device node is gone too, so stat the record's path through a
+    // path that still exists: the test's own directory.
+    let response = service
+        .volume_stats(disk.dir.path(), &volume)
+        .await
+        .unwrap();
+    let expected = format!(
+        "device {}:{} is gone from sysfs",
+        volume.major, volume.minor
+    );
+    assert_abnormal(&response, &[&expected, "reading the size of"]);
+    assert!(response.usage.is_empty(), "no size to report: {response:?}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let error = service
+        .resize_volume(&volume, 0, deadline)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ttrpc::Code::FAILED_PRECONDITION, "{error}");
+    assert!(error.to_string().contains("gone from sysfs"), "{error}");
+}

@@ -69,6 +69,9 @@ pub struct LoopDisk {
     pub fstype: String,
     /// Mounts made on this disk, unmounted in reverse order on drop.
     mounts: Vec<PathBuf>,
+    /// Set once the loop device is detached and removed, so that drop does
+    /// not detach a device another process may have attached since.
+    removed: bool,
 }
 
 impl LoopDisk {
@@ -91,6 +94,7 @@ impl LoopDisk {
             device: PathBuf::from(device.trim()),
             fstype: fstype.to_string(),
             mounts: Vec::new(),
+            removed: false,
         };
         if !fstype.is_empty() {
             let mkfs = format!("mkfs.{fstype}");
@@ -139,6 +143,29 @@ impl LoopDisk {
         grow_loop(&self.image, &self.device, size);
     }
 
+    /// Detaches the unmounted loop device and removes it from the system
+    /// (LOOP_CTL_REMOVE), the way an unplugged disk vanishes from sysfs and
+    /// `/dev`. Returns false when another process attached the device
+    /// between the two steps, so it could not be removed.
+    pub fn remove_device(&mut self) -> bool {
+        const LOOP_CTL_REMOVE: libc::c_ulong = 0x4C81;
+        run("losetup", &["--detach", self.device.to_str().unwrap()]);
+        self.removed = true;
+        let number: libc::c_int = self.kernel_name()["loop".len()..].parse().unwrap();
+        let control = std::fs::File::open("/dev/loop-control").unwrap();
+        // SAFETY: LOOP_CTL_REMOVE takes the loop number as a plain integer
+        // argument and the control fd is open for the whole call.
+        let result = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&control),
+                LOOP_CTL_REMOVE,
+                number,
+            )
+        };
+        // Success is any non-negative return (0 on Linux 6.18).
+        result >= 0
+    }
+
     /// Returns the device's kernel name, e.g. `loop3`.
     pub fn kernel_name(&self) -> String {
         self.device
@@ -185,10 +212,12 @@ impl Drop for LoopDisk {
                 let _ = nix::mount::umount2(mount, nix::mount::MntFlags::MNT_DETACH);
             }
         }
-        let _ = Command::new("losetup")
-            .arg("--detach")
-            .arg(&self.device)
-            .status();
+        if !self.removed {
+            let _ = Command::new("losetup")
+                .arg("--detach")
+                .arg(&self.device)
+                .status();
+        }
     }
 }
 
