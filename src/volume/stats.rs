@@ -61,8 +61,8 @@ impl VolumeService {
         response.usage.push(usage::byte_usage(&counts));
         response.usage.push(usage::inode_usage(&counts));
         let message = format!(
-            "{} is not on a volume this agent manages; usage is statfs of the path and \
-             the condition is not checked",
+            "{} is not on a volume this agent manages, so usage is statfs of the path \
+             and the condition is not checked",
             path.display()
         );
         response.volume_condition = Some(Condition::unjudged(message)).into();
