@@ -1,1 +1,219 @@
-//! Host-side connections to the agent, used by volumectl.
+//! Host-side connections to the agent, used by `volumectl` and the tests.
+//!
+//! [`connect`] opens a ttrpc client over a unix socket, AF_VSOCK or hybrid
+//! vsock, and keeps retrying while the failure means the agent is not up
+//! yet, so that a caller can start right after booting the guest.
+
+mod address;
+mod hybrid_vsock;
+
+use std::io::ErrorKind;
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::net::UnixStream;
+use tokio::time::Instant;
+use ttrpc::r#async::transport::Socket;
+use ttrpc::r#async::Client;
+
+pub use address::{Address, AddressSyntaxError};
+use hybrid_vsock::HandshakeFailure;
+
+/// First pause between connection attempts, which doubles up to [`MAX_RETRY_DELAY`].
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(20);
+const MAX_RETRY_DELAY: Duration = Duration::from_millis(500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid agent address {address:?}: {reason}")]
+    InvalidAddress {
+        address: String,
+        reason: &'static str,
+    },
+    #[error("connecting to {address} failed; check that the socket exists and is accessible")]
+    Connect {
+        address: String,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(
+        "hybrid vsock handshake on {address} failed: the VMM replied {reply:?} to \
+         CONNECT {port}; check that the agent listens on vsock port {port} in the guest"
+    )]
+    HandshakeRejected {
+        address: String,
+        port: u32,
+        reply: String,
+    },
+    #[error(
+        "hybrid vsock handshake on {address} failed: the VMM closed the socket after \
+         CONNECT {port} (partial reply {partial:?}); the guest is not listening on port {port} yet"
+    )]
+    HandshakeClosed {
+        address: String,
+        port: u32,
+        partial: String,
+    },
+    #[error(
+        "hybrid vsock handshake on {address} failed: the reply to CONNECT {port} has no \
+         newline in its first bytes; check that {address} is a VMM's hybrid vsock socket"
+    )]
+    HandshakeReplyTooLong { address: String, port: u32 },
+    #[error("hybrid vsock handshake on {address} failed while sending or reading CONNECT {port}")]
+    Handshake {
+        address: String,
+        port: u32,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(
+        "connecting to {address} timed out after {} ms; check that the agent is running and \
+         listening there, or raise --timeout",
+        timeout.as_millis()
+    )]
+    TimedOut {
+        address: String,
+        timeout: Duration,
+        /// The failure of the last attempt, if one finished before the deadline.
+        #[source]
+        last: Option<Box<ClientError>>,
+    },
+}
+
+impl ClientError {
+    /// Returns the ttrpc status code that best describes this failure.
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            ClientError::InvalidAddress { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            ClientError::TimedOut { .. } => ttrpc::Code::DEADLINE_EXCEEDED,
+            ClientError::Connect { .. }
+            | ClientError::HandshakeRejected { .. }
+            | ClientError::HandshakeClosed { .. }
+            | ClientError::HandshakeReplyTooLong { .. }
+            | ClientError::Handshake { .. } => ttrpc::Code::UNAVAILABLE,
+        }
+    }
+
+    /// Tells whether this failure can mean that the agent, the guest or the VMM
+    /// is still starting, so that another attempt may succeed.
+    fn is_not_up_yet(&self) -> bool {
+        match self {
+            ClientError::Connect { error, .. } => is_not_up_yet(error),
+            ClientError::Handshake { error, .. } => is_not_up_yet(error),
+            // Both are how a VMM reports a port that no guest process listens on.
+            ClientError::HandshakeRejected { .. } | ClientError::HandshakeClosed { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+fn is_not_up_yet(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::NotFound
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::ConnectionReset
+            | ErrorKind::BrokenPipe
+            | ErrorKind::TimedOut
+    )
+}
+
+/// Connects a ttrpc client to the agent at `address` (`unix:///PATH`,
+/// `vsock://CID:PORT` or `hvsock:///PATH:PORT`).
+///
+/// Retries until `timeout` while the agent is not up yet: a missing socket
+/// file, a refused or reset connection, or a hybrid vsock handshake that the
+/// VMM rejects or closes. Other failures return at once.
+///
+/// # Errors
+///
+/// [`ClientError::InvalidAddress`] for a malformed address,
+/// [`ClientError::TimedOut`] (with the last failure as source) when no
+/// attempt succeeded in time, or the first failure that retrying cannot fix.
+pub async fn connect(address: &str, timeout: Duration) -> Result<Client, ClientError> {
+    let parsed = Address::parse(address).map_err(|AddressSyntaxError(reason)| {
+        ClientError::InvalidAddress {
+            address: address.to_string(),
+            reason,
+        }
+    })?;
+    let deadline = Instant::now() + timeout;
+    let timed_out = |last| ClientError::TimedOut {
+        address: address.to_string(),
+        timeout,
+        last,
+    };
+
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut last_error = None;
+    loop {
+        let attempt = tokio::time::timeout_at(deadline, open_socket(&parsed)).await;
+        match attempt {
+            Ok(Ok(socket)) => return Ok(Client::new(socket)),
+            Ok(Err(error)) if error.is_not_up_yet() => last_error = Some(Box::new(error)),
+            Ok(Err(error)) => return Err(error),
+            // An attempt cut off by the deadline reports the one before it.
+            Err(_elapsed) => return Err(timed_out(last_error)),
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timed_out(last_error));
+        }
+        // The last pause ends at the deadline, so one more attempt happens then.
+        tokio::time::sleep(delay.min(deadline - now)).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
+}
+
+/// Makes one connection attempt, including the hybrid vsock handshake.
+async fn open_socket(address: &Address) -> Result<Socket, ClientError> {
+    let text = address.to_string();
+    match address {
+        Address::Unix(path) => Ok(Socket::from(connect_unix(path, text).await?)),
+        Address::Vsock { cid, port } => {
+            let vsock_address = tokio_vsock::VsockAddr::new(*cid, *port);
+            let stream = tokio_vsock::VsockStream::connect(vsock_address)
+                .await
+                .map_err(|error| ClientError::Connect {
+                    address: text,
+                    error,
+                })?;
+            Ok(Socket::from(stream))
+        }
+        Address::HybridVsock { uds_path, port } => {
+            let port = *port;
+            let mut stream = connect_unix(uds_path, text.clone()).await?;
+            hybrid_vsock::handshake(&mut stream, port)
+                .await
+                .map_err(|failure| handshake_error(text, port, failure))?;
+            Ok(Socket::new(stream))
+        }
+    }
+}
+
+async fn connect_unix(path: &Path, address: String) -> Result<UnixStream, ClientError> {
+    UnixStream::connect(path)
+        .await
+        .map_err(|error| ClientError::Connect { address, error })
+}
+
+fn handshake_error(address: String, port: u32, failure: HandshakeFailure) -> ClientError {
+    match failure {
+        HandshakeFailure::Rejected { reply } => ClientError::HandshakeRejected {
+            address,
+            port,
+            reply,
+        },
+        HandshakeFailure::Closed { partial } => ClientError::HandshakeClosed {
+            address,
+            port,
+            partial,
+        },
+        HandshakeFailure::ReplyTooLong => ClientError::HandshakeReplyTooLong { address, port },
+        HandshakeFailure::Io(error) => ClientError::Handshake {
+            address,
+            port,
+            error,
+        },
+    }
+}

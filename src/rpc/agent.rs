@@ -16,6 +16,7 @@ use slog::{debug, error, info};
 use ttrpc::r#async::TtrpcContext;
 
 use super::status::{error_chain, invalid_argument, to_ttrpc, StatusCode};
+use super::validate::validate_storages;
 use crate::storage::{Owner, StorageManager};
 use crate::volume::VolumeService;
 
@@ -71,6 +72,7 @@ impl AgentService for AgentServiceImpl {
         request: CreateSandboxRequest,
     ) -> ttrpc::Result<Empty> {
         let started = Instant::now();
+        validate_storages("CreateSandbox", &request.storages)?;
         let timeout = self.request_timeout(ctx);
         info!(self.logger, "create sandbox";
             "sandbox_id" => &request.sandbox_id, "storages" => request.storages.len());
@@ -78,7 +80,8 @@ impl AgentService for AgentServiceImpl {
             .storage
             .add_storages(&Owner::Sandbox, &request.storages, timeout)
             .await;
-        self.finish("CreateSandbox", started, result).map(|_| Empty::new())
+        self.finish("CreateSandbox", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn destroy_sandbox(
@@ -88,7 +91,8 @@ impl AgentService for AgentServiceImpl {
     ) -> ttrpc::Result<Empty> {
         let started = Instant::now();
         let result = self.storage.destroy_sandbox().await;
-        self.finish("DestroySandbox", started, result).map(|_| Empty::new())
+        self.finish("DestroySandbox", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn create_container(
@@ -102,6 +106,7 @@ impl AgentService for AgentServiceImpl {
                 "CreateContainer: container_id is empty; set it to the container's id",
             ));
         }
+        validate_storages("CreateContainer", &request.storages)?;
         let timeout = self.request_timeout(ctx);
         info!(self.logger, "create container";
             "container_id" => &request.container_id, "storages" => request.storages.len());
@@ -114,7 +119,8 @@ impl AgentService for AgentServiceImpl {
                 timeout,
             )
             .await;
-        self.finish("CreateContainer", started, result).map(|_| Empty::new())
+        self.finish("CreateContainer", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn remove_container(
@@ -130,7 +136,8 @@ impl AgentService for AgentServiceImpl {
         }
         info!(self.logger, "remove container"; "container_id" => &request.container_id);
         let result = self.storage.remove_container(&request.container_id).await;
-        self.finish("RemoveContainer", started, result).map(|_| Empty::new())
+        self.finish("RemoveContainer", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn get_volume_stats(
@@ -158,7 +165,8 @@ impl AgentService for AgentServiceImpl {
             .volumes
             .resize(&request.volume_guest_path, request.size, timeout)
             .await;
-        self.finish("ResizeVolume", started, result).map(|_| Empty::new())
+        self.finish("ResizeVolume", started, result)
+            .map(|_| Empty::new())
     }
 }
 

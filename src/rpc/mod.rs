@@ -1,8 +1,11 @@
 //! ttrpc services and the listener they are served on.
 
 pub mod agent;
+pub mod decode;
 pub mod health;
 pub mod status;
+pub mod unimplemented;
+pub mod validate;
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -97,8 +100,17 @@ fn bind_unix(address: &str, path: &Path) -> Result<Listener, ListenError> {
 }
 
 /// Builds the server with the agent and health services on `listener`.
+/// Upstream agent methods that this agent does not serve get an explicit
+/// UNIMPLEMENTED reply, and undecodable payloads get INVALID_ARGUMENT.
 pub fn create_server(listener: Listener, agent: Arc<AgentServiceImpl>) -> Server {
+    let logger = agent.logger.clone();
     let mut services = protocols::agent_ttrpc::create_agent_service(agent);
-    services.extend(protocols::health_ttrpc::create_health(Arc::new(health::HealthService)));
-    Server::new().add_listener(listener).register_service(services)
+    services.extend(protocols::health_ttrpc::create_health(Arc::new(
+        health::HealthService,
+    )));
+    unimplemented::register(&mut services, &logger);
+    decode::reject_undecodable_requests(&mut services, &logger);
+    Server::new()
+        .add_listener(listener)
+        .register_service(services)
 }

@@ -1,0 +1,443 @@
+//! The real volume-agent binary driven by the real volumectl binary over a
+//! unix socket (and over a stand-in hybrid vsock socket): health calls,
+//! unimplemented methods, and requests the agent must reject while it
+//! keeps serving other clients. Runs without root.
+
+mod cli_support;
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use protobuf::Message;
+
+use cli_support::fake_vmm::{FakeVmm, Reply};
+use cli_support::{agent_command, assert_failed_with, stderr, stdout, volumectl, Agent};
+
+/// ttrpc frame header: length, stream id (both big-endian u32), type, flags.
+const FRAME_HEADER_LEN: usize = 10;
+const MESSAGE_TYPE_REQUEST: u8 = 1;
+const MESSAGE_TYPE_RESPONSE: u8 = 2;
+
+#[test]
+fn check_reports_serving() {
+    let agent = Agent::start();
+    let output = volumectl(&["--address", &agent.address, "check"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "SERVING\n");
+
+    let output = volumectl(&["--address", &agent.address, "--json", "check"]);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["status"], "SERVING");
+}
+
+#[test]
+fn version_reports_package_version() {
+    let agent = Agent::start();
+    let output = volumectl(&["--address", &agent.address, "--json", "version"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(value["agent_version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(value["grpc_version"], volume_agent::API_VERSION);
+
+    let output = volumectl(&["--address", &agent.address, "version"]);
+    assert!(stdout(&output).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn unimplemented_method_names_itself() {
+    let agent = Agent::start();
+    for method in ["ExecProcess", "GetGuestDetails", "SetPolicy"] {
+        let output = volumectl(&["--address", &agent.address, "call", method]);
+        let path = format!("/grpc.AgentService/{method}");
+        let text = assert_failed_with(&output, "UNIMPLEMENTED");
+        assert!(
+            text.contains(&format!("{path} is not implemented by volume-agent")),
+            "{text}"
+        );
+        assert!(
+            stdout(&output).starts_with(&format!("{path}: UNIMPLEMENTED: ")),
+            "{}",
+            stdout(&output)
+        );
+    }
+}
+
+#[test]
+fn unknown_method_is_unimplemented() {
+    let agent = Agent::start();
+    let output = volumectl(&["--address", &agent.address, "call", "NoSuchMethod"]);
+    let text = assert_failed_with(&output, "UNIMPLEMENTED");
+    assert!(text.contains("NoSuchMethod"), "{text}");
+}
+
+#[test]
+fn served_method_via_call_is_ok() {
+    let agent = Agent::start();
+    let output = volumectl(&[
+        "--address",
+        &agent.address,
+        "call",
+        "--service",
+        "grpc.Health",
+        "Check",
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "/grpc.Health/Check: OK\n");
+}
+
+/// Writes one ttrpc frame.
+fn write_frame(stream: &mut UnixStream, stream_id: u32, message_type: u8, payload: &[u8]) {
+    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&stream_id.to_be_bytes());
+    frame.push(message_type);
+    frame.push(0);
+    frame.extend_from_slice(payload);
+    stream.write_all(&frame).unwrap();
+}
+
+/// Reads one response frame and decodes its ttrpc status.
+fn read_response_status(stream: &mut UnixStream, stream_id: u32) -> ttrpc::Status {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut header = [0u8; FRAME_HEADER_LEN];
+    stream
+        .read_exact(&mut header)
+        .expect("no response frame from the agent");
+    let length = u32::from_be_bytes(header[0..4].try_into().unwrap()) as usize;
+    assert_eq!(
+        u32::from_be_bytes(header[4..8].try_into().unwrap()),
+        stream_id
+    );
+    assert_eq!(header[8], MESSAGE_TYPE_RESPONSE);
+    let mut payload = vec![0u8; length];
+    stream.read_exact(&mut payload).unwrap();
+    let response = ttrpc::Response::parse_from_bytes(&payload).unwrap();
+    response
+        .status
+        .into_option()
+        .expect("response without status")
+}
+
+fn request_bytes(service: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
+    let mut request = ttrpc::Request::new();
+    request.service = service.to_string();
+    request.method = method.to_string();
+    request.payload = payload;
+    request.write_to_bytes().unwrap()
+}
+
+fn assert_check_works(agent: &mut Agent) {
+    assert!(agent.is_running(), "the agent exited");
+    let output = volumectl(&["--address", &agent.address, "--timeout", "10", "check"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "SERVING\n");
+}
+
+#[test]
+fn garbage_frame_keeps_serving() {
+    let mut agent = Agent::start();
+
+    // A request frame whose payload is not a ttrpc Request message.
+    let mut garbage = UnixStream::connect(&agent.socket).unwrap();
+    write_frame(
+        &mut garbage,
+        1,
+        MESSAGE_TYPE_REQUEST,
+        &[0xff, 0xfe, 0x01, 0x80, 0x80],
+    );
+    let status = read_response_status(&mut garbage, 1);
+    assert_eq!(status.code.enum_value(), Ok(ttrpc::Code::INVALID_ARGUMENT));
+
+    // Bytes that are no frame at all, on a connection left open.
+    let mut junk = UnixStream::connect(&agent.socket).unwrap();
+    junk.write_all(b"GET / HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .unwrap();
+
+    assert_check_works(&mut agent);
+    drop(junk);
+    drop(garbage);
+    assert_check_works(&mut agent);
+}
+
+#[test]
+fn undecodable_payload_is_invalid_argument() {
+    let mut agent = Agent::start();
+    let mut stream = UnixStream::connect(&agent.socket).unwrap();
+    // Field 3 (storages) as length-delimited with a length past the end.
+    let request = request_bytes("grpc.AgentService", "CreateSandbox", vec![0x1a, 0x7f, 0x01]);
+    write_frame(&mut stream, 1, MESSAGE_TYPE_REQUEST, &request);
+    let status = read_response_status(&mut stream, 1);
+    assert_eq!(status.code.enum_value(), Ok(ttrpc::Code::INVALID_ARGUMENT));
+    assert!(
+        status.message.contains("/grpc.AgentService/CreateSandbox"),
+        "{}",
+        status.message
+    );
+    assert!(
+        status.message.contains("not a valid protobuf"),
+        "{}",
+        status.message
+    );
+    assert_check_works(&mut agent);
+}
+
+#[test]
+fn oversized_request_is_rejected() {
+    let mut agent = Agent::start();
+    let mut stream = UnixStream::connect(&agent.socket).unwrap();
+    let limit = ttrpc::proto::MESSAGE_LENGTH_MAX;
+    let request = request_bytes("grpc.Health", "Check", vec![b'x'; limit + 1]);
+    assert!(request.len() > limit);
+    write_frame(&mut stream, 1, MESSAGE_TYPE_REQUEST, &request);
+    let status = read_response_status(&mut stream, 1);
+    assert_eq!(status.code.enum_value(), Ok(ttrpc::Code::INVALID_ARGUMENT));
+    assert!(status.message.contains("exceed"), "{}", status.message);
+
+    // The same connection still serves a well-formed request.
+    write_frame(
+        &mut stream,
+        3,
+        MESSAGE_TYPE_REQUEST,
+        &request_bytes("grpc.Health", "Check", vec![]),
+    );
+    let status = read_response_status(&mut stream, 3);
+    assert_eq!(status.code.enum_value(), Ok(ttrpc::Code::OK));
+    assert_check_works(&mut agent);
+}
+
+#[test]
+fn unknown_enum_value_is_invalid_argument() {
+    let mut agent = Agent::start();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async {
+        let client = volume_agent::client::connect(&agent.address, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let client = protocols::agent_ttrpc::AgentServiceClient::new(client);
+        let mut fs_group = protocols::agent::FSGroup::new();
+        fs_group.group_id = 1000;
+        fs_group.group_change_policy = protobuf::EnumOrUnknown::from_i32(7);
+        let mut storage = protocols::agent::Storage::new();
+        storage.driver = "scsi".into();
+        storage.source = "0:0".into();
+        storage.mount_point = format!("{}/storage/MDow", agent.dir.path().display());
+        storage.fs_group = Some(fs_group).into();
+        let mut request = protocols::agent::CreateSandboxRequest::new();
+        request.storages.push(storage);
+        client
+            .create_sandbox(ttrpc::context::with_timeout(10_000_000_000), &request)
+            .await
+    });
+    match status {
+        Err(ttrpc::Error::RpcStatus(status)) => {
+            assert_eq!(status.code.enum_value(), Ok(ttrpc::Code::INVALID_ARGUMENT));
+            assert!(
+                status.message.contains("group_change_policy 7"),
+                "{}",
+                status.message
+            );
+        }
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    assert!(!agent.dir.path().join("storage/MDow").exists());
+    assert_check_works(&mut agent);
+}
+
+#[test]
+fn empty_required_fields_are_invalid_argument() {
+    let mut agent = Agent::start();
+    let address = agent.address.clone();
+
+    let output = volumectl(&["--address", &address, "stats", ""]);
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(text.contains("volume_guest_path is empty"), "{text}");
+
+    let output = volumectl(&["--address", &address, "resize", "", "1G"]);
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(text.contains("volume_guest_path is empty"), "{text}");
+
+    let output = volumectl(&["--address", &address, "detach", "--container", ""]);
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(text.contains("container_id is empty"), "{text}");
+
+    let storage_json = agent.dir.path().join("storage.json");
+    std::fs::write(
+        &storage_json,
+        r#"{"driver":"blk","source":"","fstype":"ext4"}"#,
+    )
+    .unwrap();
+    let output = volumectl(&[
+        "--address",
+        &address,
+        "attach",
+        "--storage-json",
+        storage_json.to_str().unwrap(),
+        "--sandbox",
+    ]);
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(text.contains("storages[0].source is empty"), "{text}");
+    assert_check_works(&mut agent);
+}
+
+#[test]
+fn relative_volume_path_is_invalid_argument() {
+    let agent = Agent::start();
+    let output = volumectl(&["--address", &agent.address, "stats", "data/volume"]);
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(text.contains("is not absolute"), "{text}");
+}
+
+#[test]
+fn missing_socket_times_out_naming_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = format!("unix://{}/absent.sock", dir.path().display());
+    let started = Instant::now();
+    let output = volumectl(&["--address", &address, "--timeout", "0.5", "check"]);
+    let elapsed = started.elapsed();
+    let text = assert_failed_with(&output, "DEADLINE_EXCEEDED");
+    assert!(text.contains(&address), "{text}");
+    assert!(text.contains("No such file or directory"), "{text}");
+    assert!(
+        elapsed >= Duration::from_millis(400),
+        "gave up after {elapsed:?}"
+    );
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+}
+
+#[test]
+fn invalid_address_is_invalid_argument() {
+    for address in [
+        "tcp://127.0.0.1:1",
+        "unix://relative.sock",
+        "hvsock:///run/vm.sock",
+    ] {
+        let output = volumectl(&["--address", address, "--timeout", "1", "check"]);
+        let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+        assert!(text.contains(address), "{text}");
+    }
+}
+
+#[test]
+fn agent_started_late_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("late.sock");
+    let address = format!("unix://{}", socket.display());
+    let client = std::process::Command::new(env!("CARGO_BIN_EXE_volumectl"))
+        .args(["--address", &address, "--timeout", "20", "check"])
+        .env_remove("VOLUMECTL_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut agent_process = agent_command(dir.path(), &address)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let output = client.wait_with_output().unwrap();
+    let _ = agent_process.kill();
+    let _ = agent_process.wait();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "SERVING\n");
+}
+
+#[test]
+fn hybrid_vsock_retries_until_ok() {
+    let agent = Agent::start();
+    let vmm_socket = agent.dir.path().join("vmm.sock");
+    let replies = vec![
+        Reply::Close,
+        Reply::Reject("ERR no listener"),
+        Reply::Accept,
+    ];
+    let vmm = FakeVmm::start(&vmm_socket, &agent.socket, replies);
+    let address = format!("hvsock://{}:1024", vmm_socket.display());
+
+    let output = volumectl(&["--address", &address, "--timeout", "20", "check"]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "SERVING\n");
+    assert_eq!(vmm.requests(), vec!["CONNECT 1024"; 3]);
+}
+
+#[test]
+fn hybrid_vsock_rejection_quotes_reply() {
+    let agent = Agent::start();
+    let vmm_socket = agent.dir.path().join("vmm.sock");
+    let vmm = FakeVmm::start(
+        &vmm_socket,
+        &agent.socket,
+        vec![Reply::Reject("ERR port 77")],
+    );
+    let address = format!("hvsock://{}:77", vmm_socket.display());
+
+    let output = volumectl(&["--address", &address, "--timeout", "0.5", "check"]);
+    let text = assert_failed_with(&output, "DEADLINE_EXCEEDED");
+    assert!(text.contains("\"ERR port 77\""), "{text}");
+    assert!(text.contains("CONNECT 77"), "{text}");
+    assert!(vmm.requests().len() >= 2, "no retry: {:?}", vmm.requests());
+}
+
+#[test]
+fn listen_path_regular_file_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("not-a-socket");
+    std::fs::write(&path, b"keep me").unwrap();
+    let output = agent_command(dir.path(), &format!("unix://{}", path.display()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("is not a socket"), "{text}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"keep me");
+}
+
+#[test]
+fn vsock_port_in_use_is_rejected() {
+    // Bind a port first; a host without a vsock transport cannot run this.
+    let port = 40_000 + (std::process::id() % 20_000);
+    let holder = match bind_vsock_port(port) {
+        Ok(socket) => socket,
+        Err(error) => {
+            eprintln!("skipped: binding vsock port {port} failed ({error}); no vsock transport");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let output = agent_command(dir.path(), &format!("vsock://-1:{port}"))
+        .output()
+        .unwrap();
+    drop(holder);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains(&format!("vsock port {port} is in use")),
+        "{text}"
+    );
+}
+
+/// Binds and listens on vsock `port` for any CID.
+fn bind_vsock_port(port: u32) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
+    };
+    let socket = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&socket),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, port),
+    )?;
+    listen(&socket, Backlog::new(1)?)?;
+    Ok(socket)
+}
