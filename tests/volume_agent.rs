@@ -42,21 +42,18 @@ async fn check_stats_through_agent(fstype: &str, size: u64) {
 }
 
 #[tokio::test]
-#[ignore = "needs the storage manager to mount storages"]
 async fn agent_ext4_stats_equal_statfs() {
     require!("mkfs.ext4");
     check_stats_through_agent("ext4", 64 * MIB).await;
 }
 
 #[tokio::test]
-#[ignore = "needs the storage manager to mount storages"]
 async fn agent_xfs_stats_equal_statfs() {
     require!("mkfs.xfs");
     check_stats_through_agent("xfs", 320 * MIB).await;
 }
 
 #[tokio::test]
-#[ignore = "needs the storage manager to mount storages"]
 async fn agent_raw_block_stats() {
     require!();
     let disk = LoopDisk::new(40 * MIB, "", &[]);
@@ -115,7 +112,6 @@ async fn agent_unmanaged_path() {
 }
 
 #[tokio::test]
-#[ignore = "needs the storage manager to mount storages"]
 async fn agent_xfs_grows_through_bind() {
     require!("mkfs.xfs", "xfs_growfs");
     let disk = LoopDisk::new(320 * MIB, "xfs", &[]);
@@ -177,6 +173,47 @@ async fn agent_xfs_grows_through_bind() {
         message.contains(&(400 * MIB).to_string()),
         "names the size seen: {message}"
     );
+
+    agent.remove_container("c1").await.unwrap();
+    agent.destroy_sandbox().await.unwrap();
+}
+
+#[tokio::test]
+async fn agent_concurrent_resizes_one_storage() {
+    require!("mkfs.xfs", "xfs_growfs");
+    let disk = LoopDisk::new(320 * MIB, "xfs", &[]);
+    let agent = Agent::start().await;
+    let mount_point = agent.storage_root.join("vol-concurrent");
+    let storages = vec![storage(&disk.device, "xfs", &mount_point)];
+    agent.create_sandbox(storages).await.unwrap();
+    let bind = agent
+        .create_container("c1", &mount_point, "/data")
+        .await
+        .unwrap();
+    let before = statfs_total(&mount_point);
+
+    disk.grow_device(480 * MIB);
+    let (first, second, stats) = tokio::join!(
+        agent.resize(&bind, 480 * MIB),
+        agent.resize(&mount_point, 480 * MIB),
+        agent.stats(&bind),
+    );
+    first.unwrap();
+    second.unwrap();
+    let stats = stats.unwrap();
+    assert!(
+        !stats.volume_condition.abnormal,
+        "{}",
+        stats.volume_condition.message
+    );
+    let after = statfs_total(&mount_point);
+    assert!(
+        after > before + 100 * MIB,
+        "statfs total {before} -> {after}"
+    );
+    let log = agent.log();
+    let grows = log.matches("\"msg\":\"growing filesystem\"").count();
+    assert_eq!(grows, 1, "serialized requests grow once:\n{log}");
 
     agent.remove_container("c1").await.unwrap();
     agent.destroy_sandbox().await.unwrap();
