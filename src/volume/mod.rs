@@ -85,7 +85,8 @@ impl VolumeService {
     ///
     /// # Errors
     /// NOT_FOUND when `path` does not exist. A path on no managed volume gets
-    /// the `statfs` numbers alone with a normal condition that says so.
+    /// the `statfs` numbers alone and a normal condition whose message
+    /// states that.
     pub async fn stats(
         &self,
         path: &str,

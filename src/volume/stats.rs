@@ -157,7 +157,7 @@ impl VolumeService {
     }
 
     /// Logs a change of the volume's condition once. Stats are polled
-    /// (kubelet asks every minute), so an unchanged condition is not logged
+    /// (kubelet by default every minute, `--volume-stats-agg-period`), so an unchanged condition is not logged
     /// again.
     fn log_condition(&self, volume: &ManagedVolume, condition: &Condition) {
         let message = condition.message();
