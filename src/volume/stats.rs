@@ -157,8 +157,8 @@ impl VolumeService {
     }
 
     /// Logs a change of the volume's condition once. Stats are polled
-    /// (kubelet by default every minute, `--volume-stats-agg-period`), so an unchanged condition is not logged
-    /// again.
+    /// (by kubelet every minute by default, `--volume-stats-agg-period`),
+    /// so an unchanged condition is not logged again.
     fn log_condition(&self, volume: &ManagedVolume, condition: &Condition) {
         let message = condition.message();
         let previous = {
