@@ -5,25 +5,21 @@
 
 mod cli_support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use protobuf::Message;
-
 use cli_support::fake_vmm::{FakeVmm, Reply};
-use cli_support::{agent_command, assert_failed_with, stderr, stdout, volumectl, Agent};
-
-/// ttrpc frame header: length, stream id (both big-endian u32), type, flags.
-const FRAME_HEADER_LEN: usize = 10;
-const MESSAGE_TYPE_REQUEST: u8 = 1;
-const MESSAGE_TYPE_RESPONSE: u8 = 2;
+use cli_support::frames::{read_response_status, request_bytes, write_frame, MESSAGE_TYPE_REQUEST};
+use cli_support::{
+    agent_command, assert_failed_with, assert_succeeded, stderr, stdout, volumectl, Agent,
+};
 
 #[test]
 fn check_reports_serving() {
     let agent = Agent::start();
     let output = volumectl(&["--address", &agent.address, "check"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
 
     let output = volumectl(&["--address", &agent.address, "--json", "check"]);
@@ -35,7 +31,7 @@ fn check_reports_serving() {
 fn version_reports_package_version() {
     let agent = Agent::start();
     let output = volumectl(&["--address", &agent.address, "--json", "version"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(value["agent_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["grpc_version"], volume_agent::API_VERSION);
@@ -82,57 +78,14 @@ fn served_method_via_call_is_ok() {
         "grpc.Health",
         "Check",
     ]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "/grpc.Health/Check: OK\n");
-}
-
-/// Writes one ttrpc frame.
-fn write_frame(stream: &mut UnixStream, stream_id: u32, message_type: u8, payload: &[u8]) {
-    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&stream_id.to_be_bytes());
-    frame.push(message_type);
-    frame.push(0);
-    frame.extend_from_slice(payload);
-    stream.write_all(&frame).unwrap();
-}
-
-/// Reads one response frame and decodes its ttrpc status.
-fn read_response_status(stream: &mut UnixStream, stream_id: u32) -> ttrpc::Status {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream
-        .read_exact(&mut header)
-        .expect("no response frame from the agent");
-    let length = u32::from_be_bytes(header[0..4].try_into().unwrap()) as usize;
-    assert_eq!(
-        u32::from_be_bytes(header[4..8].try_into().unwrap()),
-        stream_id
-    );
-    assert_eq!(header[8], MESSAGE_TYPE_RESPONSE);
-    let mut payload = vec![0u8; length];
-    stream.read_exact(&mut payload).unwrap();
-    let response = ttrpc::Response::parse_from_bytes(&payload).unwrap();
-    response
-        .status
-        .into_option()
-        .expect("response without status")
-}
-
-fn request_bytes(service: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
-    let mut request = ttrpc::Request::new();
-    request.service = service.to_string();
-    request.method = method.to_string();
-    request.payload = payload;
-    request.write_to_bytes().unwrap()
 }
 
 fn assert_check_works(agent: &mut Agent) {
     assert!(agent.is_running(), "the agent exited");
     let output = volumectl(&["--address", &agent.address, "--timeout", "10", "check"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
 }
 
@@ -345,7 +298,7 @@ fn agent_started_late_is_reached() {
     let output = client.wait_with_output().unwrap();
     let _ = agent_process.kill();
     let _ = agent_process.wait();
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
 }
 
@@ -362,7 +315,7 @@ fn hybrid_vsock_retries_until_ok() {
     let address = format!("hvsock://{}:1024", vmm_socket.display());
 
     let output = volumectl(&["--address", &address, "--timeout", "20", "check"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
     assert_eq!(vmm.requests(), vec!["CONNECT 1024"; 3]);
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_vmm;
+pub mod frames;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -135,4 +136,13 @@ pub fn assert_failed_with(output: &Output, code: &str) -> String {
         "expected {code} on stderr, got: {text}"
     );
     text
+}
+
+/// Asserts that volumectl exited with status 0, showing stderr otherwise.
+pub fn assert_succeeded(output: &Output) {
+    assert!(
+        output.status.success(),
+        "volumectl failed: {}",
+        stderr(output)
+    );
 }
