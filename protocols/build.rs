@@ -37,7 +37,10 @@ fn main() {
         let path = entry.expect("OUT_DIR entry is readable").path();
         if path.extension().is_some_and(|ext| ext == "rs") {
             let text = std::fs::read_to_string(&path).expect("generated file is UTF-8");
-            let kept: Vec<&str> = text.lines().filter(|line| !line.starts_with("#![") && !line.starts_with("//!")).collect();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|line| !line.starts_with("#![") && !line.starts_with("//!"))
+                .collect();
             std::fs::write(&path, kept.join("\n")).expect("generated file is writable");
         }
     }

@@ -26,7 +26,11 @@ pub const CMDLINE_STORAGE_ROOT: &str = "agent.storage_root";
 pub const CMDLINE_STATE_FILE: &str = "agent.state_file";
 
 #[derive(Debug, Parser)]
-#[command(name = "volume-agent", version, about = "Guest agent for direct-assigned block volumes")]
+#[command(
+    name = "volume-agent",
+    version,
+    about = "Guest agent for direct-assigned block volumes"
+)]
 pub struct Args {
     /// Address to serve on: vsock://CID:PORT (CID -1 means any) or unix:///PATH.
     /// Kernel command line: agent.server_addr. Default: vsock://-1:1024.
@@ -246,7 +250,8 @@ mod tests {
 
     #[test]
     fn cmdline_sets_defaults_and_flags_win() {
-        let cmdline = "agent.server_addr=unix:///tmp/a.sock agent.log=debug agent.hotplug_timeout=7";
+        let cmdline =
+            "agent.server_addr=unix:///tmp/a.sock agent.log=debug agent.hotplug_timeout=7";
         let config = Config::resolve(args(&[]), cmdline).unwrap();
         assert_eq!(config.listen, "unix:///tmp/a.sock");
         assert_eq!(config.log_level, slog::Level::Debug);

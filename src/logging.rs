@@ -20,7 +20,10 @@ pub fn create_logger(level: slog::Level) -> (Logger, slog_async::AsyncGuard) {
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .build_with_guard();
     let drain = slog::LevelFilter::new(drain.fuse(), level).fuse();
-    let logger = Logger::root(drain, o!("name" => "volume-agent", "pid" => std::process::id()));
+    let logger = Logger::root(
+        drain,
+        o!("name" => "volume-agent", "pid" => std::process::id()),
+    );
     (logger, guard)
 }
 

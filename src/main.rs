@@ -89,7 +89,10 @@ async fn serve(config: Config, logger: slog::Logger) -> anyhow::Result<()> {
 
     let listener = rpc::bind(&config.listen)?;
     let mut server = rpc::create_server(listener, agent);
-    server.start().await.context("starting the ttrpc server failed")?;
+    server
+        .start()
+        .await
+        .context("starting the ttrpc server failed")?;
     info!(logger, "listening"; "address" => &config.listen, "version" => volume_agent::AGENT_VERSION);
 
     let mut terminate = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -99,7 +102,10 @@ async fn serve(config: Config, logger: slog::Logger) -> anyhow::Result<()> {
         _ = interrupt.recv() => "SIGINT",
     };
     info!(logger, "shutting down"; "signal" => signal_name);
-    server.shutdown().await.context("stopping the ttrpc server failed")?;
+    server
+        .shutdown()
+        .await
+        .context("stopping the ttrpc server failed")?;
     if let Some(path) = config.listen.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
     }

@@ -4,7 +4,12 @@
 macro_rules! generated {
     ($name:ident) => {
         #[allow(clippy::all, dead_code, unused_mut, unused_imports, unknown_lints)]
-        #[allow(missing_docs, non_camel_case_types, non_snake_case, non_upper_case_globals)]
+        #[allow(
+            missing_docs,
+            non_camel_case_types,
+            non_snake_case,
+            non_upper_case_globals
+        )]
         pub mod $name {
             include!(concat!(env!("OUT_DIR"), "/", stringify!($name), ".rs"));
         }

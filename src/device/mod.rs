@@ -84,7 +84,11 @@ pub struct DeviceRegistry {
 }
 
 impl DeviceRegistry {
-    pub fn new(logger: slog::Logger, sysfs_root: PathBuf, dev_root: PathBuf) -> Arc<DeviceRegistry> {
+    pub fn new(
+        logger: slog::Logger,
+        sysfs_root: PathBuf,
+        dev_root: PathBuf,
+    ) -> Arc<DeviceRegistry> {
         Arc::new(DeviceRegistry {
             logger,
             sysfs_root,
@@ -119,11 +123,21 @@ impl DeviceRegistry {
             });
         }
         let rdev = metadata.rdev();
-        let (major, minor) = (nix::sys::stat::major(rdev) as u32, nix::sys::stat::minor(rdev) as u32);
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
+        let (major, minor) = (
+            nix::sys::stat::major(rdev) as u32,
+            nix::sys::stat::minor(rdev) as u32,
+        );
+        let name = path
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
         let _ = (&self.logger, &self.dev_root);
         Ok(BlockDevice {
-            sysfs_path: self.sysfs_root.join("dev/block").join(format!("{major}:{minor}")),
+            sysfs_path: self
+                .sysfs_root
+                .join("dev/block")
+                .join(format!("{major}:{minor}")),
             name,
             dev_path: path.clone(),
             major,

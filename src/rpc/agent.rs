@@ -80,7 +80,8 @@ impl AgentService for AgentServiceImpl {
             .storage
             .add_storages(&Owner::Sandbox, &request.storages, timeout)
             .await;
-        self.finish("CreateSandbox", started, result).map(|_| Empty::new())
+        self.finish("CreateSandbox", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn destroy_sandbox(
@@ -90,7 +91,8 @@ impl AgentService for AgentServiceImpl {
     ) -> ttrpc::Result<Empty> {
         let started = Instant::now();
         let result = self.storage.destroy_sandbox().await;
-        self.finish("DestroySandbox", started, result).map(|_| Empty::new())
+        self.finish("DestroySandbox", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn create_container(
@@ -117,7 +119,8 @@ impl AgentService for AgentServiceImpl {
                 timeout,
             )
             .await;
-        self.finish("CreateContainer", started, result).map(|_| Empty::new())
+        self.finish("CreateContainer", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn remove_container(
@@ -133,7 +136,8 @@ impl AgentService for AgentServiceImpl {
         }
         info!(self.logger, "remove container"; "container_id" => &request.container_id);
         let result = self.storage.remove_container(&request.container_id).await;
-        self.finish("RemoveContainer", started, result).map(|_| Empty::new())
+        self.finish("RemoveContainer", started, result)
+            .map(|_| Empty::new())
     }
 
     async fn get_volume_stats(
@@ -161,7 +165,8 @@ impl AgentService for AgentServiceImpl {
             .volumes
             .resize(&request.volume_guest_path, request.size, timeout)
             .await;
-        self.finish("ResizeVolume", started, result).map(|_| Empty::new())
+        self.finish("ResizeVolume", started, result)
+            .map(|_| Empty::new())
     }
 }
 

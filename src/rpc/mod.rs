@@ -105,8 +105,12 @@ fn bind_unix(address: &str, path: &Path) -> Result<Listener, ListenError> {
 pub fn create_server(listener: Listener, agent: Arc<AgentServiceImpl>) -> Server {
     let logger = agent.logger.clone();
     let mut services = protocols::agent_ttrpc::create_agent_service(agent);
-    services.extend(protocols::health_ttrpc::create_health(Arc::new(health::HealthService)));
+    services.extend(protocols::health_ttrpc::create_health(Arc::new(
+        health::HealthService,
+    )));
     unimplemented::register(&mut services, &logger);
     decode::reject_undecodable_requests(&mut services, &logger);
-    Server::new().add_listener(listener).register_service(services)
+    Server::new()
+        .add_listener(listener)
+        .register_service(services)
 }

@@ -46,5 +46,8 @@ pub fn to_ttrpc(error: &dyn StatusCode) -> ttrpc::Error {
 
 /// A request that fails validation in the handler itself.
 pub fn invalid_argument(message: impl Into<String>) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::INVALID_ARGUMENT, message.into()))
+    ttrpc::Error::RpcStatus(ttrpc::get_status(
+        ttrpc::Code::INVALID_ARGUMENT,
+        message.into(),
+    ))
 }

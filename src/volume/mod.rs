@@ -79,7 +79,12 @@ impl VolumeService {
     }
 
     /// Grows the filesystem at `path` to at least `size` bytes.
-    pub async fn resize(&self, path: &str, _size: u64, _timeout: Duration) -> Result<(), VolumeError> {
+    pub async fn resize(
+        &self,
+        path: &str,
+        _size: u64,
+        _timeout: Duration,
+    ) -> Result<(), VolumeError> {
         Err(VolumeError::ResizeUnavailable {
             path: PathBuf::from(path),
         })

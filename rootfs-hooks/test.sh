@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs every test of volume-agent, from a fresh Debian 12 machine, as root:
+# installs the packages, builds the agent and the test guest, then runs
+# `cargo test` (unit tests, loop-device tests, QEMU guest tests) and the
+# benchmarks once in quick mode to catch breakage.
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+
+"$repo/rootfs-hooks/setup-host.sh"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+echo "==> cargo build"
+cargo build --workspace --all-targets
+
+echo "==> build the test guest"
+"$repo/rootfs-hooks/build-test-guest.sh" "$repo/target/guest"
+
+echo "==> cargo test"
+cargo test --workspace --no-fail-fast
+
+echo "==> cargo bench (quick mode)"
+cargo bench --bench agent -- --quick

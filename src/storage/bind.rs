@@ -1,0 +1,295 @@
+//! Container binds: each OCI mount whose source is a storage mount point,
+//! or a path inside one, is bound to `<Root.Path>/<destination>`.
+
+use std::path::{Path, PathBuf};
+
+use nix::mount::MsFlags;
+use protocols::oci::Spec;
+use rustix::fs::FileType;
+use slog::{info, warn};
+
+use super::manager::StorageManager;
+use super::options::{MountOptions, OptionContext};
+use super::path::{self, NodeKind, ResolvedPath};
+use super::state::BindRecord;
+use super::StorageError;
+
+/// One OCI mount that may come from a storage, checked up front.
+#[derive(Debug, Clone)]
+pub(super) struct BindRequest {
+    pub rootfs: PathBuf,
+    /// Cleaned absolute source.
+    pub source: PathBuf,
+    /// Cleaned destination, relative to the rootfs.
+    pub destination: PathBuf,
+    pub options: MountOptions,
+}
+
+impl StorageManager {
+    /// Picks the OCI mounts whose source lies under the storage root and
+    /// validates them; other mounts are not this manager's concern.
+    pub(super) fn parse_binds(
+        &self,
+        spec: Option<&Spec>,
+    ) -> Result<Vec<BindRequest>, StorageError> {
+        let Some(spec) = spec else {
+            return Ok(Vec::new());
+        };
+        let mut binds = Vec::new();
+        for mount in &spec.Mounts {
+            let Ok(source) = path::clean_absolute("source", &mount.source) else {
+                continue;
+            };
+            if !source.starts_with(&self.config.root) {
+                continue;
+            }
+            let rootfs_text = spec
+                .Root
+                .as_ref()
+                .map(|root| root.Path.as_str())
+                .unwrap_or_default();
+            let rootfs = path::clean_absolute("Root.Path", rootfs_text)?;
+            let destination = path::clean_absolute("destination", &mount.destination)?;
+            let destination = destination
+                .strip_prefix("/")
+                .unwrap_or(&destination)
+                .to_path_buf();
+            if destination.as_os_str().is_empty() {
+                return Err(StorageError::Invalid {
+                    field: "destination",
+                    value: mount.destination.clone(),
+                    reason: "resolves to the container root itself".into(),
+                });
+            }
+            let options = MountOptions::parse(&mount.options, OptionContext::Bind)?;
+            if !options.data.is_empty() {
+                warn!(self.logger, "ignoring filesystem options on a bind";
+                    "destination" => &mount.destination, "options" => options.data.join(","));
+            }
+            binds.push(BindRequest {
+                rootfs,
+                source,
+                destination,
+                options,
+            });
+        }
+        Ok(binds)
+    }
+
+    /// Makes the binds of one container; on failure the ones made by this
+    /// call are undone.
+    pub(super) async fn bind_container(
+        &self,
+        container_id: &str,
+        binds: &[BindRequest],
+    ) -> Result<(), StorageError> {
+        let mut made: Vec<BindRecord> = Vec::new();
+        for request in binds {
+            match self.bind_one(container_id, request).await {
+                Ok(Some(record)) => made.push(record),
+                Ok(None) => {}
+                Err(error) => {
+                    for record in made.iter().rev() {
+                        self.undo_bind(container_id, record).await;
+                    }
+                    return Err(error);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Binds one OCI mount; returns `None` when the container already has
+    /// this bind (a repeated request).
+    async fn bind_one(
+        &self,
+        container_id: &str,
+        request: &BindRequest,
+    ) -> Result<Option<BindRecord>, StorageError> {
+        let Some(volume) = self.lookup_storage(&request.source) else {
+            return Err(StorageError::Invalid {
+                field: "source",
+                value: request.source.display().to_string(),
+                reason: "is under the storage root but not inside a mounted storage; \
+                         list the storage in the request"
+                    .into(),
+            });
+        };
+        let _guard = self.lock_key(&volume).await;
+        let relative = request
+            .source
+            .strip_prefix(&volume)
+            .unwrap_or(Path::new(""));
+        let source = path::resolve_in_root("source", &volume, relative, None)?;
+        let kind = match FileType::from_raw_mode(
+            rustix::fs::fstat(&source.fd)
+                .map_err(|errno| resolve_error("source", &volume, relative, errno))?
+                .st_mode,
+        ) {
+            FileType::Directory => NodeKind::Directory,
+            _ => NodeKind::File,
+        };
+
+        let target = path::resolve_in_root(
+            "destination",
+            &request.rootfs,
+            &request.destination,
+            Some(kind),
+        )?;
+        let already_bound = self
+            .lock_state()
+            .binds
+            .get(container_id)
+            .is_some_and(|binds| binds.iter().any(|bind| bind.target == target.real_path));
+        if already_bound {
+            return Ok(None);
+        }
+
+        let record = BindRecord {
+            storage: volume.clone(),
+            target: target.real_path.clone(),
+            created: target.created.clone(),
+        };
+        if let Err(error) = self.mount_bind(request, &volume, &source, &target) {
+            path::remove_created(&target.created);
+            return Err(error);
+        }
+        let saved = self.update_state(|state| {
+            state
+                .binds
+                .entry(container_id.to_string())
+                .or_default()
+                .push(record.clone())
+        });
+        if let Err(error) = saved {
+            self.undo_mount(&record.target);
+            path::remove_created(&record.created);
+            return Err(error);
+        }
+        info!(self.logger, "storage bound into container";
+            "container_id" => container_id, "storage" => %volume.display(),
+            "mount_point" => %record.target.display());
+        Ok(Some(record))
+    }
+
+    /// The mount point of the storage that `source` is or lies inside.
+    fn lookup_storage(&self, source: &Path) -> Option<PathBuf> {
+        let state = self.lock_state();
+        state
+            .storages
+            .keys()
+            .filter(|mount_point| source.starts_with(mount_point))
+            .max_by_key(|mount_point| mount_point.components().count())
+            .cloned()
+    }
+
+    /// Binds `source` onto `target`, then applies per-mount flags with a
+    /// bind remount and the propagation (private unless the mount asks).
+    fn mount_bind(
+        &self,
+        request: &BindRequest,
+        storage: &Path,
+        source: &ResolvedPath,
+        target: &ResolvedPath,
+    ) -> Result<(), StorageError> {
+        let bind_flags = request.options.bind.unwrap_or(MsFlags::MS_BIND);
+        self.mounter
+            .mount(
+                Some(&source.proc_path()),
+                &target.proc_path(),
+                None,
+                bind_flags,
+                None,
+            )
+            .map_err(|error| StorageError::Bind {
+                source_path: source.real_path.clone(),
+                target: target.real_path.clone(),
+                error,
+            })?;
+
+        let finish = || -> Result<(), StorageError> {
+            // The target descriptor still names the directory under the new
+            // mount, so the bind is reached again through the rootfs.
+            let mounted =
+                path::resolve_in_root("destination", &request.rootfs, &request.destination, None)?;
+            let flags = self.storage_flags(storage) | request.options.per_mount_flags();
+            if !flags.is_empty() {
+                self.remount(&mounted.proc_path(), MsFlags::MS_BIND | flags)?;
+            }
+            let propagation = request.options.propagation.unwrap_or(MsFlags::MS_PRIVATE);
+            self.set_propagation(&mounted.proc_path(), propagation)
+        };
+        finish().inspect_err(|_| self.undo_mount(&target.real_path))
+    }
+
+    /// Per-mount flags of the storage mount, which a bind remount would
+    /// otherwise clear.
+    fn storage_flags(&self, storage: &Path) -> MsFlags {
+        let state = self.lock_state();
+        let bits = state.storages.get(storage).map_or(0, |record| record.flags);
+        MsFlags::from_bits_truncate(bits)
+    }
+
+    /// Unmounts one bind and removes what was created for it.
+    async fn undo_bind(&self, container_id: &str, record: &BindRecord) {
+        let _guard = self.lock_key(&record.storage).await;
+        if let Err(error) = self.remove_bind(container_id, record) {
+            warn!(self.logger, "undoing bind failed";
+                "container_id" => container_id, "mount_point" => %record.target.display(),
+                "error" => %error);
+        }
+    }
+
+    fn remove_bind(&self, container_id: &str, record: &BindRecord) -> Result<(), StorageError> {
+        self.unmount(&record.target)?;
+        path::remove_created(&record.created);
+        self.update_state(|state| {
+            if let Some(binds) = state.binds.get_mut(container_id) {
+                binds.retain(|bind| bind != record);
+                if binds.is_empty() {
+                    state.binds.remove(container_id);
+                }
+            }
+        })
+    }
+
+    /// Removes every bind of a container, trying all of them; returns the
+    /// first failure.
+    pub(super) async fn unbind_container(&self, container_id: &str) -> Result<(), StorageError> {
+        let binds = self
+            .lock_state()
+            .binds
+            .get(container_id)
+            .cloned()
+            .unwrap_or_default();
+        let mut first_error = None;
+        for record in binds.iter().rev() {
+            let _guard = self.lock_key(&record.storage).await;
+            match self.remove_bind(container_id, record) {
+                Ok(()) => info!(self.logger, "bind removed";
+                    "container_id" => container_id, "mount_point" => %record.target.display()),
+                Err(error) => {
+                    warn!(self.logger, "removing bind failed";
+                        "container_id" => container_id, "mount_point" => %record.target.display(),
+                        "error" => %error);
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn resolve_error(
+    field: &'static str,
+    root: &Path,
+    path: &Path,
+    errno: rustix::io::Errno,
+) -> StorageError {
+    StorageError::Resolve {
+        field,
+        root: root.to_path_buf(),
+        path: path.to_path_buf(),
+        error: errno.into(),
+    }
+}

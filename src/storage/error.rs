@@ -1,0 +1,168 @@
+//! Errors of the storage manager and the ttrpc codes they map to.
+
+use std::path::PathBuf;
+
+use nix::errno::Errno;
+
+use crate::device::DeviceError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("invalid storage {field} {value:?}: {reason}")]
+    Invalid {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "filesystem type {fstype:?} is not supported by this kernel (not in /proc/filesystems \
+         and no fs-{fstype} module); supported block filesystems: {supported}"
+    )]
+    UnsupportedFilesystem { fstype: String, supported: String },
+    #[error("reading /proc/filesystems failed")]
+    ReadKernelFilesystems {
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(
+        "device {device} holds {found}, so it cannot be mounted as {fstype}; \
+         check the storage's fstype or format the disk"
+    )]
+    FilesystemMismatch {
+        device: PathBuf,
+        fstype: String,
+        found: String,
+    },
+    #[error("reading the superblock of {device} failed")]
+    ReadSuperblock {
+        device: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error(
+        "mount point {mount_point} already has {mounted} mounted, not the requested {requested}; \
+         use another mount point or remove the storage first"
+    )]
+    DeviceConflict {
+        mount_point: PathBuf,
+        mounted: String,
+        requested: String,
+    },
+    #[error("creating mount point {path} failed")]
+    CreateMountPoint {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("resolving {field} {path} inside {root} failed")]
+    Resolve {
+        field: &'static str,
+        root: PathBuf,
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("mounting {device} ({fstype}) on {mount_point} failed")]
+    Mount {
+        device: PathBuf,
+        fstype: String,
+        mount_point: PathBuf,
+        #[source]
+        error: Errno,
+    },
+    #[error("remounting {mount_point} with flags {flags:?} failed")]
+    Remount {
+        mount_point: PathBuf,
+        flags: String,
+        #[source]
+        error: Errno,
+    },
+    #[error("setting propagation {flags:?} on {mount_point} failed")]
+    SetPropagation {
+        mount_point: PathBuf,
+        flags: String,
+        #[source]
+        error: Errno,
+    },
+    #[error("binding {source_path} onto {target} failed")]
+    Bind {
+        source_path: PathBuf,
+        target: PathBuf,
+        #[source]
+        error: Errno,
+    },
+    #[error("unmounting {mount_point} failed")]
+    Unmount {
+        mount_point: PathBuf,
+        #[source]
+        error: Errno,
+    },
+    #[error("applying fsGroup to {path} failed")]
+    FsGroup {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("reading /proc/self/mountinfo failed")]
+    ReadMountinfo {
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("reading state file {path} failed")]
+    LoadState {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("state file {path} is not valid; fix or delete it (mounts are then not tracked)")]
+    ParseState {
+        path: PathBuf,
+        #[source]
+        error: serde_json::Error,
+    },
+    #[error("writing state file {path} failed")]
+    SaveState {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+}
+
+impl StorageError {
+    /// The ttrpc status code a request failing with this error gets.
+    pub fn code(&self) -> ttrpc::Code {
+        use ttrpc::Code;
+        match self {
+            StorageError::Device(error) => error.code(),
+            StorageError::Invalid { .. } | StorageError::UnsupportedFilesystem { .. } => {
+                Code::INVALID_ARGUMENT
+            }
+            StorageError::FilesystemMismatch { .. } | StorageError::DeviceConflict { .. } => {
+                Code::FAILED_PRECONDITION
+            }
+            StorageError::Resolve { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
+                Code::NOT_FOUND
+            }
+            StorageError::Mount { error, .. } | StorageError::Remount { error, .. } => {
+                errno_code(*error)
+            }
+            StorageError::Bind { error, .. } | StorageError::Unmount { error, .. } => {
+                errno_code(*error)
+            }
+            _ => Code::INTERNAL,
+        }
+    }
+}
+
+/// Codes for mount(2) failures: EINVAL is most often a bad option or a
+/// damaged filesystem, EBUSY a mount point in use.
+fn errno_code(error: Errno) -> ttrpc::Code {
+    match error {
+        Errno::EINVAL => ttrpc::Code::INVALID_ARGUMENT,
+        Errno::EBUSY => ttrpc::Code::FAILED_PRECONDITION,
+        Errno::ENOENT | Errno::ENODEV | Errno::ENXIO => ttrpc::Code::NOT_FOUND,
+        _ => ttrpc::Code::INTERNAL,
+    }
+}

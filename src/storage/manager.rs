@@ -1,0 +1,592 @@
+//! The storage manager: mounts storages, counts their references and
+//! unmounts them after the last one.
+//!
+//! Locking: each mount point has its own async lock, held across the mount
+//! or unmount of that storage and the binds made from it. The state mutex
+//! is a plain mutex held only for bookkeeping, never across an await, a
+//! device wait or a mount.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::mount::{MntFlags, MsFlags};
+use protocols::agent::Storage;
+use protocols::oci::Spec;
+use slog::{info, warn};
+use tokio::sync::OwnedMutexGuard;
+
+use super::mounter::{Mounter, SystemMounter};
+use super::mountinfo::{find_mount, read_mountinfo, MountEntry};
+use super::path::{self, NodeKind};
+use super::request::StorageRequest;
+use super::state::{State, StorageRecord};
+use super::{fsgroup, probe, ManagedVolume, Owner, StorageConfig, StorageError};
+use crate::device::{BlockDevice, DeviceRegistry};
+
+pub struct StorageManager {
+    pub(super) logger: slog::Logger,
+    pub(super) config: StorageConfig,
+    registry: Arc<DeviceRegistry>,
+    pub(super) mounter: Arc<dyn Mounter>,
+    state: Mutex<State>,
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl StorageManager {
+    /// Creates the manager and rebuilds its state from the state file and
+    /// the mount table.
+    pub fn new(
+        logger: slog::Logger,
+        config: StorageConfig,
+        registry: Arc<DeviceRegistry>,
+    ) -> Result<Arc<StorageManager>, StorageError> {
+        StorageManager::with_mounter(logger, config, registry, Arc::new(SystemMounter))
+    }
+
+    /// Like [`StorageManager::new`], with the mount syscalls made through
+    /// `mounter`.
+    pub fn with_mounter(
+        logger: slog::Logger,
+        mut config: StorageConfig,
+        registry: Arc<DeviceRegistry>,
+        mounter: Arc<dyn Mounter>,
+    ) -> Result<Arc<StorageManager>, StorageError> {
+        let root_text = config.root.to_string_lossy().into_owned();
+        config.root = path::clean_absolute("storage root", &root_text)?;
+        let mut state = State::load(&config.state_file)?;
+        let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
+        reconcile(&logger, &mut state, &entries);
+        state.save(&config.state_file)?;
+        info!(logger, "storage state restored";
+            "storages" => state.storages.len(), "containers" => state.binds.len());
+        Ok(Arc::new(StorageManager {
+            logger,
+            config,
+            registry,
+            mounter,
+            state: Mutex::new(state),
+            locks: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Mounts each storage for `owner`; all or nothing.
+    pub async fn add_storages(
+        &self,
+        owner: &Owner,
+        storages: &[Storage],
+        timeout: Duration,
+    ) -> Result<Vec<PathBuf>, StorageError> {
+        let (mount_points, _) = self.add_storages_undoable(owner, storages, timeout).await?;
+        Ok(mount_points)
+    }
+
+    /// Mounts each storage for `owner` and returns the mount points plus the
+    /// ones where `owner`'s reference is new, which a caller that fails later
+    /// releases again.
+    pub(super) async fn add_storages_undoable(
+        &self,
+        owner: &Owner,
+        storages: &[Storage],
+        timeout: Duration,
+    ) -> Result<(Vec<PathBuf>, Vec<PathBuf>), StorageError> {
+        // Every storage is checked before the first one is mounted, so a bad
+        // entry anywhere leaves the system untouched.
+        let requests = storages
+            .iter()
+            .map(|storage| StorageRequest::parse(storage, &self.config.root))
+            .collect::<Result<Vec<_>, _>>()?;
+        let deadline = Instant::now() + timeout;
+
+        let mut mount_points = Vec::new();
+        let mut new_references = Vec::new();
+        for request in &requests {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match self.add_storage(owner, request, remaining).await {
+                Ok(is_new) => {
+                    if is_new {
+                        new_references.push(request.mount_point.clone());
+                    }
+                    mount_points.push(request.mount_point.clone());
+                }
+                Err(error) => {
+                    self.release(owner, &new_references).await;
+                    return Err(error);
+                }
+            }
+        }
+        Ok((mount_points, new_references))
+    }
+
+    /// Mounts one storage, or adds `owner` to it when it is mounted already;
+    /// returns whether `owner`'s reference is new.
+    async fn add_storage(
+        &self,
+        owner: &Owner,
+        request: &StorageRequest,
+        timeout: Duration,
+    ) -> Result<bool, StorageError> {
+        let device = self.registry.wait_for(&request.address, timeout).await?;
+        let mount_point = &request.mount_point;
+        let _guard = self.lock_key(mount_point).await;
+
+        if let Some(is_new) = self.add_to_recorded(owner, request, &device)? {
+            return Ok(is_new);
+        }
+        let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
+        if let Some(entry) = find_mount(&entries, mount_point) {
+            return self.adopt_mount(owner, request, &device, entry);
+        }
+
+        if !request.is_raw_block() {
+            probe::check_superblock(&device.dev_path, &request.fstype)?;
+        }
+        let kind = if request.is_raw_block() {
+            NodeKind::File
+        } else {
+            NodeKind::Directory
+        };
+        let created = path::create_mount_point(&self.config.root, mount_point, kind)?;
+        let started = Instant::now();
+        if let Err(error) = self.mount_storage(request, &device) {
+            path::remove_created(&created);
+            return Err(error);
+        }
+
+        let record = new_record(request, &device, created.clone());
+        let saved = self.update_state(|state| {
+            state.storages.insert(mount_point.clone(), record);
+            state.add_owner(mount_point, owner, request.shared)
+        });
+        if let Err(error) = saved {
+            self.undo_mount(mount_point);
+            path::remove_created(&created);
+            return Err(error);
+        }
+        info!(self.logger, "storage mounted";
+            "mount_point" => %mount_point.display(), "device" => %device.dev_path.display(),
+            "fstype" => &request.fstype, "elapsed_ms" => started.elapsed().as_millis() as u64);
+        Ok(true)
+    }
+
+    /// Handles a storage the state already records: the same device adds a
+    /// reference, another device is a conflict. `None` when unrecorded.
+    fn add_to_recorded(
+        &self,
+        owner: &Owner,
+        request: &StorageRequest,
+        device: &BlockDevice,
+    ) -> Result<Option<bool>, StorageError> {
+        let mut state = self.lock_state();
+        let Some(record) = state.storages.get(&request.mount_point) else {
+            return Ok(None);
+        };
+        let volume = &record.volume;
+        if (volume.major, volume.minor) != (device.major, device.minor) {
+            return Err(device_conflict(
+                &request.mount_point,
+                format!(
+                    "{} ({}:{})",
+                    volume.dev_path.display(),
+                    volume.major,
+                    volume.minor
+                ),
+                device,
+            ));
+        }
+        let previous = state.clone();
+        let is_new = state.add_owner(&request.mount_point, owner, request.shared);
+        if *state != previous {
+            if let Err(error) = state.save(&self.config.state_file) {
+                *state = previous;
+                return Err(error);
+            }
+        }
+        Ok(Some(is_new))
+    }
+
+    /// Records a mount found in mountinfo but not in the state (the agent
+    /// stopped between mounting and saving), if it is the requested device.
+    fn adopt_mount(
+        &self,
+        owner: &Owner,
+        request: &StorageRequest,
+        device: &BlockDevice,
+        entry: &MountEntry,
+    ) -> Result<bool, StorageError> {
+        let mount_point = &request.mount_point;
+        let mounted = mounted_device_number(entry, request.is_raw_block());
+        if mounted != Some((device.major, device.minor)) {
+            let (major, minor) = mounted.unwrap_or((entry.major, entry.minor));
+            return Err(device_conflict(
+                mount_point,
+                format!("{} ({major}:{minor})", entry.source),
+                device,
+            ));
+        }
+        let record = new_record(request, device, Vec::new());
+        self.update_state(|state| {
+            state.storages.insert(mount_point.clone(), record);
+            state.add_owner(mount_point, owner, request.shared)
+        })?;
+        info!(self.logger, "storage already mounted, recorded";
+            "mount_point" => %mount_point.display(), "device" => %device.dev_path.display());
+        Ok(true)
+    }
+
+    /// Mounts the filesystem (or binds the raw device) and applies the
+    /// propagation and fsGroup; undoes the mount if a later step fails.
+    pub(super) fn mount_storage(
+        &self,
+        request: &StorageRequest,
+        device: &BlockDevice,
+    ) -> Result<(), StorageError> {
+        let mount_point = &request.mount_point;
+        let options = &request.options;
+        // A read-only volume with an fsGroup is mounted read-write first, so
+        // the ownership change can be written, then remounted read-only.
+        let remount_read_only = request.fs_group.is_some() && options.read_only();
+
+        let mounted = if request.is_raw_block() {
+            self.mounter.mount(
+                Some(&device.dev_path),
+                mount_point,
+                None,
+                MsFlags::MS_BIND,
+                None,
+            )
+        } else {
+            let mut flags = options.flags;
+            if remount_read_only {
+                flags.remove(MsFlags::MS_RDONLY);
+            }
+            let data = options.data_string();
+            self.mounter.mount(
+                Some(&device.dev_path),
+                mount_point,
+                Some(&request.fstype),
+                flags,
+                data.as_deref(),
+            )
+        };
+        mounted.map_err(|error| StorageError::Mount {
+            device: device.dev_path.clone(),
+            fstype: request.fstype.clone(),
+            mount_point: mount_point.clone(),
+            error,
+        })?;
+
+        let finish = || -> Result<(), StorageError> {
+            if request.is_raw_block() && !options.per_mount_flags().is_empty() {
+                let flags = MsFlags::MS_BIND | options.per_mount_flags();
+                self.remount(mount_point, flags)?;
+            }
+            if let Some(propagation) = options.propagation {
+                self.set_propagation(mount_point, propagation)?;
+            }
+            if let (Some((group_id, policy)), false) = (request.fs_group, request.is_raw_block()) {
+                fsgroup::apply_fs_group(mount_point, group_id, policy, options.read_only())?;
+                if remount_read_only {
+                    self.remount(mount_point, options.flags)?;
+                }
+            }
+            Ok(())
+        };
+        finish().inspect_err(|_| self.undo_mount(mount_point))
+    }
+
+    /// Unmounts after a later step failed; an unmount failure is logged
+    /// because the caller returns the first error.
+    pub(super) fn undo_mount(&self, target: &Path) {
+        if let Err(error) = self.unmount(target) {
+            warn!(self.logger, "undoing mount failed";
+                "mount_point" => %target.display(), "error" => %error);
+        }
+    }
+
+    pub(super) fn remount(&self, mount_point: &Path, flags: MsFlags) -> Result<(), StorageError> {
+        self.mounter
+            .remount(mount_point, flags, None)
+            .map_err(|error| StorageError::Remount {
+                mount_point: mount_point.to_path_buf(),
+                flags: format!("{flags:?}"),
+                error,
+            })
+    }
+
+    pub(super) fn set_propagation(
+        &self,
+        mount_point: &Path,
+        flags: MsFlags,
+    ) -> Result<(), StorageError> {
+        self.mounter
+            .mount(None, mount_point, None, flags, None)
+            .map_err(|error| StorageError::SetPropagation {
+                mount_point: mount_point.to_path_buf(),
+                flags: format!("{flags:?}"),
+                error,
+            })
+    }
+
+    /// Unmounts `target`, falling back to a lazy detach when it is busy;
+    /// a target that is no longer mounted counts as done.
+    pub(super) fn unmount(&self, target: &Path) -> Result<(), StorageError> {
+        let result = match self.mounter.umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
+            Err(Errno::EBUSY) => {
+                warn!(self.logger, "mount busy, detaching lazily"; "mount_point" => %target.display());
+                self.mounter
+                    .umount2(target, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH)
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Errno::EINVAL | Errno::ENOENT) => {
+                warn!(self.logger, "not mounted any more"; "mount_point" => %target.display());
+                Ok(())
+            }
+            Err(error) => Err(StorageError::Unmount {
+                mount_point: target.to_path_buf(),
+                error,
+            }),
+        }
+    }
+
+    /// Drops `owner`'s reference to each of `mount_points` and unmounts the
+    /// ones left unused; failures are logged because the caller is already
+    /// returning another error.
+    async fn release(&self, owner: &Owner, mount_points: &[PathBuf]) {
+        for mount_point in mount_points.iter().rev() {
+            if let Err(error) = self.release_one(owner, mount_point).await {
+                warn!(self.logger, "undoing storage failed";
+                    "mount_point" => %mount_point.display(), "error" => %error);
+            }
+        }
+    }
+
+    /// Drops `owner`'s reference to one storage and unmounts it when unused.
+    pub(super) async fn release_one(
+        &self,
+        owner: &Owner,
+        mount_point: &Path,
+    ) -> Result<(), StorageError> {
+        let _guard = self.lock_key(mount_point).await;
+        let unused = self.update_state(|state| state.drop_owner(mount_point, owner))?;
+        if unused {
+            self.remove_storage(mount_point)?;
+        }
+        Ok(())
+    }
+
+    /// Unmounts a recorded storage and forgets it; the caller holds its lock.
+    pub(super) fn remove_storage(&self, mount_point: &Path) -> Result<(), StorageError> {
+        let Some(record) = self.lock_state().storages.get(mount_point).cloned() else {
+            return Ok(());
+        };
+        self.unmount(mount_point)?;
+        path::remove_created(&record.created);
+        self.update_state(|state| state.storages.remove(mount_point))?;
+        info!(self.logger, "storage unmounted";
+            "mount_point" => %mount_point.display(), "device" => %record.volume.dev_path.display());
+        Ok(())
+    }
+
+    /// Mounts the container's storages and binds its OCI mounts.
+    pub async fn create_container(
+        &self,
+        container_id: &str,
+        storages: &[Storage],
+        spec: Option<&Spec>,
+        timeout: Duration,
+    ) -> Result<(), StorageError> {
+        let owner = Owner::Container(container_id.to_string());
+        let binds = self.parse_binds(spec)?;
+        let (_, new_references) = self
+            .add_storages_undoable(&owner, storages, timeout)
+            .await?;
+        if let Err(error) = self.bind_container(container_id, &binds).await {
+            self.release(&owner, &new_references).await;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// Undoes the container's binds and drops its references. Every bind and
+    /// storage is tried; the first failure is returned.
+    pub async fn remove_container(&self, container_id: &str) -> Result<(), StorageError> {
+        let mut first_error = self.unbind_container(container_id).await.err();
+        let owner = Owner::Container(container_id.to_string());
+        let held = self.lock_state().held_by(&owner);
+        for mount_point in held {
+            if let Err(error) = self.release_one(&owner, &mount_point).await {
+                warn!(self.logger, "releasing storage failed";
+                    "mount_point" => %mount_point.display(), "error" => %error);
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Removes every bind and storage.
+    pub async fn destroy_sandbox(&self) -> Result<(), StorageError> {
+        let mut first_error = None;
+        let containers: Vec<String> = self.lock_state().binds.keys().cloned().collect();
+        for container_id in containers {
+            if let Err(error) = self.unbind_container(&container_id).await {
+                first_error.get_or_insert(error);
+            }
+        }
+        let mount_points: Vec<PathBuf> = self.lock_state().storages.keys().cloned().collect();
+        for mount_point in mount_points.iter().rev() {
+            let _guard = self.lock_key(mount_point).await;
+            if let Err(error) = self.remove_storage(mount_point) {
+                warn!(self.logger, "removing storage failed";
+                    "mount_point" => %mount_point.display(), "error" => %error);
+                first_error.get_or_insert(error);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Finds the managed storage that `path` (a mount point, a bind target
+    /// or a path inside either) belongs to.
+    pub fn lookup_path(&self, path: &Path) -> Option<ManagedVolume> {
+        let path = path::clean_absolute("path", path.to_str()?).ok()?;
+        let state = self.lock_state();
+        state.lookup(&path).map(|record| record.volume.clone())
+    }
+
+    /// Serializes requests on one storage: `path` is a mount point, a bind
+    /// target or a path inside either, and maps to its storage's lock.
+    pub async fn lock_storage(&self, path: &Path) -> OwnedMutexGuard<()> {
+        let key = match self.lookup_path(path) {
+            Some(volume) => volume.mount_point,
+            None => path.to_path_buf(),
+        };
+        self.lock_key(&key).await
+    }
+
+    pub(super) async fn lock_key(&self, mount_point: &Path) -> OwnedMutexGuard<()> {
+        // NOTE: locks are never removed from the map; one small entry stays
+        // per mount point ever used, which bounds it by the storages a
+        // sandbox sees.
+        let lock = {
+            let mut locks = self
+                .locks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            locks.entry(mount_point.to_path_buf()).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
+
+    pub(super) fn lock_state(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Applies `change` to the state and saves it; on a failed save the
+    /// change is rolled back so memory and file agree.
+    pub(super) fn update_state<T>(
+        &self,
+        change: impl FnOnce(&mut State) -> T,
+    ) -> Result<T, StorageError> {
+        let mut state = self.lock_state();
+        let previous = state.clone();
+        let value = change(&mut state);
+        if let Err(error) = state.save(&self.config.state_file) {
+            *state = previous;
+            return Err(error);
+        }
+        Ok(value)
+    }
+
+    #[cfg(test)]
+    pub(super) fn state_snapshot(&self) -> State {
+        self.lock_state().clone()
+    }
+}
+
+fn new_record(
+    request: &StorageRequest,
+    device: &BlockDevice,
+    created: Vec<PathBuf>,
+) -> StorageRecord {
+    StorageRecord {
+        volume: ManagedVolume {
+            mount_point: request.mount_point.clone(),
+            driver: request.driver.clone(),
+            source: request.source.clone(),
+            fstype: request.fstype.clone(),
+            dev_path: device.dev_path.clone(),
+            major: device.major,
+            minor: device.minor,
+        },
+        shared: request.shared,
+        owners: Default::default(),
+        created,
+        flags: request.options.per_mount_flags().bits(),
+    }
+}
+
+fn device_conflict(mount_point: &Path, mounted: String, requested: &BlockDevice) -> StorageError {
+    StorageError::DeviceConflict {
+        mount_point: mount_point.to_path_buf(),
+        mounted,
+        requested: format!(
+            "{} ({}:{})",
+            requested.dev_path.display(),
+            requested.major,
+            requested.minor
+        ),
+    }
+}
+
+/// The device behind a mount: the filesystem's device number, or for a raw
+/// block volume the device node bound onto the mount point file.
+fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u32)> {
+    if !raw_block {
+        return Some((entry.major, entry.minor));
+    }
+    let metadata = std::fs::metadata(&entry.mount_point).ok()?;
+    if !metadata.file_type().is_block_device() {
+        return None;
+    }
+    let rdev = metadata.rdev();
+    Some((
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    ))
+}
+
+/// Drops records whose mount is gone or now holds another device, so the
+/// state matches the mount table after a restart.
+fn reconcile(logger: &slog::Logger, state: &mut State, entries: &[MountEntry]) {
+    state.storages.retain(|mount_point, record| {
+        let volume = &record.volume;
+        let mounted = find_mount(entries, mount_point)
+            .and_then(|entry| mounted_device_number(entry, volume.fstype.is_empty()));
+        let keep = mounted == Some((volume.major, volume.minor));
+        if !keep {
+            warn!(logger, "dropping storage record: its mount is gone";
+                "mount_point" => %mount_point.display(), "device" => %volume.dev_path.display());
+            path::remove_created(&record.created);
+        }
+        keep
+    });
+    for (container_id, binds) in state.binds.iter_mut() {
+        binds.retain(|bind| {
+            let keep = find_mount(entries, &bind.target).is_some();
+            if !keep {
+                warn!(logger, "dropping bind record: its mount is gone";
+                    "container_id" => container_id, "mount_point" => %bind.target.display());
+            }
+            keep
+        });
+    }
+    state.binds.retain(|_, binds| !binds.is_empty());
+}
