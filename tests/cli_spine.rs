@@ -4,6 +4,7 @@
 //! keeps serving other clients. Runs without root.
 
 mod cli_support;
+mod common;
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -393,4 +394,154 @@ fn bind_vsock_port(port: u32) -> nix::Result<std::os::fd::OwnedFd> {
     )?;
     listen(&socket, Backlog::new(1)?)?;
     Ok(socket)
+}
+
+/// Runs volumectl against the agent of `env` with `args` after the address.
+fn volumectl_at(env: &common::TestEnv, args: &[&str]) -> std::process::Output {
+    let address = format!("unix://{}", env.path().join("agent.sock").display());
+    let mut all = vec!["--address", address.as_str(), "--timeout", "30"];
+    all.extend_from_slice(args);
+    volumectl(&all)
+}
+
+#[test]
+fn container_binds_via_volumectl() {
+    if !common::running_as_root("container_binds_via_volumectl") {
+        return;
+    }
+    let mut env = common::TestEnv::new("volumectl-binds");
+    let device = env.add_loop("binds", 64 << 20, Some("ext4"));
+    env.start_agent();
+    let mount_point = env.storage_root().join("binds");
+    let mount_point_text = mount_point.to_str().unwrap().to_string();
+    let rootfs = env.rootfs("c1");
+    let rootfs_text = rootfs.to_str().unwrap().to_string();
+
+    let output = volumectl_at(
+        &env,
+        &[
+            "attach",
+            "--driver",
+            "mmioblk",
+            "--source",
+            &device,
+            "--fstype",
+            "ext4",
+            "--mount-point",
+            &mount_point_text,
+            "--container",
+            "c1",
+            "--rootfs",
+            &rootfs_text,
+            "--mount",
+            "/data",
+            "--mount",
+            "/config:ro",
+        ],
+    );
+    assert_succeeded(&output);
+    assert_eq!(
+        stdout(&output),
+        format!("{mount_point_text}\n"),
+        "{}",
+        env.agent_log()
+    );
+    let mounts = common::mounts_under(env.path());
+    assert!(mounts.contains(&mount_point), "{mounts:?}");
+    assert!(mounts.contains(&rootfs.join("data")), "{mounts:?}");
+    assert!(mounts.contains(&rootfs.join("config")), "{mounts:?}");
+
+    // The rw bind writes through to the storage; the ro bind rejects writes.
+    std::fs::write(rootfs.join("data/hello"), b"from the container").unwrap();
+    assert_eq!(
+        std::fs::read(mount_point.join("hello")).unwrap(),
+        b"from the container"
+    );
+    let error = std::fs::write(rootfs.join("config/denied"), b"x").unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EROFS));
+
+    // Stats through the bind target equal stats at the mount point.
+    let at_mount = volumectl_at(&env, &["--json", "stats", &mount_point_text]);
+    assert_succeeded(&at_mount);
+    let at_bind = volumectl_at(&env, &["--json", "stats", &format!("{rootfs_text}/data")]);
+    assert_succeeded(&at_bind);
+    let at_mount: serde_json::Value = serde_json::from_slice(&at_mount.stdout).unwrap();
+    let at_bind: serde_json::Value = serde_json::from_slice(&at_bind.stdout).unwrap();
+    assert_eq!(at_mount["usage"][0]["unit"], "BYTES");
+    assert!(at_mount["usage"][0]["total"].as_u64().unwrap() > 32 << 20);
+    assert_eq!(at_mount["usage"][0]["total"], at_bind["usage"][0]["total"]);
+
+    let output = volumectl_at(&env, &["detach", "--container", "c1"]);
+    assert_succeeded(&output);
+    assert_eq!(stdout(&output), "detached container c1\n");
+    let mounts = common::mounts_under(env.path());
+    assert!(
+        mounts.is_empty(),
+        "left mounted: {mounts:?}\n{}",
+        env.agent_log()
+    );
+}
+
+#[test]
+fn default_mount_point_outside_root_is_rejected() {
+    if !common::running_as_root("default_mount_point_outside_root_is_rejected") {
+        return;
+    }
+    let mut env = common::TestEnv::new("volumectl-outside");
+    let device = env.add_loop("outside", 64 << 20, Some("ext4"));
+    env.start_agent();
+
+    // The default mount point is under /run/kata-containers/sandbox/storage,
+    // which is not this agent's storage root.
+    let output = volumectl_at(
+        &env,
+        &[
+            "attach",
+            "--driver",
+            "mmioblk",
+            "--source",
+            &device,
+            "--sandbox",
+        ],
+    );
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(
+        text.contains("/run/kata-containers/sandbox/storage/"),
+        "{text}"
+    );
+    assert!(common::mounts_under(env.path()).is_empty());
+    let default_mount_point = std::path::Path::new(text.split('"').nth(1).unwrap_or_default());
+    assert!(
+        common::mounts_under(default_mount_point).is_empty(),
+        "{default_mount_point:?} was mounted"
+    );
+}
+
+#[test]
+fn silent_server_times_out_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // Accepts one connection and reads it to the end without replying.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut received);
+        received.len()
+    });
+
+    let address = format!("unix://{}", socket.display());
+    let started = Instant::now();
+    let output = volumectl(&["--address", &address, "--timeout", "0.5", "check"]);
+    let elapsed = started.elapsed();
+    let text = assert_failed_with(&output, "DEADLINE_EXCEEDED");
+    assert!(
+        text.contains(&format!(
+            "Check request to {address} got no reply within 500 ms"
+        )),
+        "{text}"
+    );
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    let received = server.join().unwrap();
+    assert!(received > 10, "the request never reached the server");
 }

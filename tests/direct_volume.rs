@@ -3,6 +3,7 @@
 //! path>/mountInfo.json`, directories mode 0700 and the file mode 0600.
 
 mod cli_support;
+mod common;
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
@@ -245,4 +246,93 @@ fn attach_volume_path_checked_before_connecting() {
     assert!(text.contains("direct-volume add"), "{text}");
     assert!(stdout(&output).is_empty());
     assert!(tree(dir.path()).is_empty());
+}
+
+#[test]
+fn attach_records_guest_mount_point() {
+    if !common::running_as_root("attach_records_guest_mount_point") {
+        return;
+    }
+    let mut env = common::TestEnv::new("direct-volume-attach");
+    let device = env.add_loop("dv", 64 << 20, Some("ext4"));
+    env.start_agent();
+    let address = format!("unix://{}", env.path().join("agent.sock").display());
+    let root = env.path().join("direct-volumes");
+    let root_text = root.to_str().unwrap().to_string();
+    let mount_point = env.storage_root().join("dv");
+    let mount_point_text = mount_point.to_str().unwrap().to_string();
+    let volume_path = "/var/lib/kubelet/pods/p1/volumes/dv";
+    let with_agent = |args: &[&str]| {
+        let mut all = vec!["--address", &address, "--direct-volumes-root", &root_text];
+        all.extend_from_slice(args);
+        volumectl(&all)
+    };
+
+    let mount_info = format!(
+        r#"{{"volume-type":"block","device":"{device}","fstype":"ext4","metadata":{{}},"options":[]}}"#
+    );
+    let output = with_agent(&[
+        "direct-volume",
+        "add",
+        "--volume-path",
+        volume_path,
+        "--mount-info",
+        &mount_info,
+    ]);
+    assert_succeeded(&output);
+
+    let output = with_agent(&[
+        "attach",
+        "--driver",
+        "mmioblk",
+        "--source",
+        &device,
+        "--fstype",
+        "ext4",
+        "--mount-point",
+        &mount_point_text,
+        "--sandbox",
+        "--volume-path",
+        volume_path,
+    ]);
+    assert_succeeded(&output);
+    assert_eq!(
+        stdout(&output),
+        format!("{mount_point_text}\n"),
+        "{}",
+        env.agent_log()
+    );
+    let record = root.join("L3Zhci9saWIva3ViZWxldC9wb2RzL3AxL3ZvbHVtZXMvZHY=");
+    let recorded = std::fs::read_to_string(record.join("guest-mount-point")).unwrap();
+    assert_eq!(recorded, format!("{mount_point_text}\n"));
+    assert_eq!(mode(&record.join("guest-mount-point")), 0o600);
+
+    // The stats come from the recorded mount point.
+    let output = with_agent(&[
+        "--json",
+        "direct-volume",
+        "stats",
+        "--volume-path",
+        volume_path,
+    ]);
+    assert_succeeded(&output);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let statvfs = nix::sys::statvfs::statvfs(&mount_point).unwrap();
+    assert_eq!(value["usage"][0]["unit"], "BYTES");
+    assert_eq!(
+        value["usage"][0]["total"],
+        statvfs.blocks() * statvfs.fragment_size()
+    );
+
+    let output = with_agent(&["detach", "--sandbox"]);
+    assert_succeeded(&output);
+    assert!(
+        common::mounts_under(env.path()).is_empty(),
+        "{}",
+        env.agent_log()
+    );
+
+    let output = with_agent(&["direct-volume", "remove", "--volume-path", volume_path]);
+    assert_succeeded(&output);
+    assert!(tree(&root).is_empty());
 }
