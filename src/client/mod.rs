@@ -30,7 +30,7 @@ pub enum ClientError {
         address: String,
         reason: &'static str,
     },
-    #[error("connecting to {address} failed; check that the socket exists and is accessible")]
+    #[error("connecting to {address} failed; check the address and that you may open the socket")]
     Connect {
         address: String,
         #[source]
@@ -67,8 +67,8 @@ pub enum ClientError {
         error: std::io::Error,
     },
     #[error(
-        "connecting to {address} timed out after {} ms; check that the agent is running and \
-         listening there, or raise --timeout",
+        "connecting to {address} timed out after {} ms; check that the agent (and for hvsock \
+         the VMM) is running and listening there, or allow more time",
         timeout.as_millis()
     )]
     TimedOut {
