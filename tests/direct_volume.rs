@@ -11,7 +11,12 @@ use std::path::{Path, PathBuf};
 
 use cli_support::{assert_failed_with, assert_succeeded, stdout, volumectl};
 
-const MOUNT_INFO: &str = r#"{"volume-type":"block","device":"/dev/sdb","fstype":"ext4","metadata":{"fsGroup":"1000","fsGroupChangePolicy":"OnRootMismatch"},"options":["noatime"]}"#;
+/// Mount information as a CSI driver writes it, in one line as upstream stores it.
+const MOUNT_INFO: &str = concat!(
+    r#"{"volume-type":"block","device":"/dev/sdb","fstype":"ext4","#,
+    r#""metadata":{"fsGroup":"1000","fsGroupChangePolicy":"OnRootMismatch"},"#,
+    r#""options":["noatime"]}"#
+);
 
 /// Returns every path below `dir`, relative to it.
 fn tree(dir: &Path) -> BTreeSet<PathBuf> {
@@ -268,9 +273,9 @@ fn attach_records_guest_mount_point() {
         volumectl(&all)
     };
 
-    let mount_info = format!(
-        r#"{{"volume-type":"block","device":"{device}","fstype":"ext4","metadata":{{}},"options":[]}}"#
-    );
+    let mount_info =
+        format!(r#"{{"volume-type":"block","device":"{device}","fstype":"ext4","metadata":{{}},"#)
+            + r#""options":[]}"#;
     let output = with_agent(&[
         "direct-volume",
         "add",

@@ -47,7 +47,8 @@ pub enum ClientError {
     },
     #[error(
         "hybrid vsock handshake on {address} failed: the VMM closed the socket after \
-         CONNECT {port} (partial reply {partial:?}); the guest is not listening on port {port} yet"
+         CONNECT {port} (partial reply {partial:?}); the guest may not be listening on \
+         port {port} yet"
     )]
     HandshakeClosed {
         address: String,
@@ -100,7 +101,9 @@ impl ClientError {
         match self {
             ClientError::Connect { error, .. } => is_not_up_yet(error),
             ClientError::Handshake { error, .. } => is_not_up_yet(error),
-            // Both are how a VMM reports a port that no guest process listens on.
+            // A VMM closes the socket or sends a non-OK line while nothing in
+            // the guest accepts on the port. NOTE: a rejection for another
+            // reason is retried as well, until the timeout.
             ClientError::HandshakeRejected { .. } | ClientError::HandshakeClosed { .. } => true,
             _ => false,
         }
