@@ -545,3 +545,34 @@ fn silent_server_times_out_request() {
     let received = server.join().unwrap();
     assert!(received > 10, "the request never reached the server");
 }
+
+#[test]
+fn storage_json_from_stdin() {
+    let agent = Agent::start();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_volumectl"))
+        .args([
+            "--address",
+            &agent.address,
+            "attach",
+            "--storage-json",
+            "-",
+            "--sandbox",
+        ])
+        .env_remove("VOLUMECTL_ADDRESS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A driver the agent does not know reaches the agent, which rejects it.
+    let storage = r#"{"driver":"9p","source":"share","fstype":"9p","mount_point":"/x"}"#;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(storage.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(text.contains("9p"), "{text}");
+}
