@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use cli_support::fake_vmm::{FakeVmm, Reply};
 use cli_support::frames::{read_response_status, request_bytes, write_frame, MESSAGE_TYPE_REQUEST};
 use cli_support::{
-    agent_command, assert_failed_with, assert_succeeded, stderr, stdout, volumectl, Agent,
+    agent_command, assert_failed_with, assert_succeeded, attach_ext4_args, stderr, stdout,
+    volumectl, Agent,
 };
 
 #[test]
@@ -417,28 +418,17 @@ fn container_binds_via_volumectl() {
     let rootfs = env.rootfs("c1");
     let rootfs_text = rootfs.to_str().unwrap().to_string();
 
-    let output = volumectl_at(
-        &env,
-        &[
-            "attach",
-            "--driver",
-            "mmioblk",
-            "--source",
-            &device,
-            "--fstype",
-            "ext4",
-            "--mount-point",
-            &mount_point_text,
-            "--container",
-            "c1",
-            "--rootfs",
-            &rootfs_text,
-            "--mount",
-            "/data",
-            "--mount",
-            "/config:ro",
-        ],
-    );
+    let rest = [
+        "--container",
+        "c1",
+        "--rootfs",
+        &rootfs_text,
+        "--mount",
+        "/data",
+        "--mount",
+        "/config:ro",
+    ];
+    let output = volumectl_at(&env, &attach_ext4_args(&device, &mount_point_text, &rest));
     assert_succeeded(&output);
     assert_eq!(
         stdout(&output),

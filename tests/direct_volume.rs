@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use cli_support::{assert_failed_with, assert_succeeded, stdout, volumectl};
+use cli_support::{assert_failed_with, assert_succeeded, attach_ext4_args, stdout, volumectl};
 
 /// Mount information as a CSI driver writes it, in one line as upstream stores it.
 const MOUNT_INFO: &str = concat!(
@@ -286,20 +286,8 @@ fn attach_records_guest_mount_point() {
     ]);
     assert_succeeded(&output);
 
-    let output = with_agent(&[
-        "attach",
-        "--driver",
-        "mmioblk",
-        "--source",
-        &device,
-        "--fstype",
-        "ext4",
-        "--mount-point",
-        &mount_point_text,
-        "--sandbox",
-        "--volume-path",
-        volume_path,
-    ]);
+    let rest = ["--sandbox", "--volume-path", volume_path];
+    let output = with_agent(&attach_ext4_args(&device, &mount_point_text, &rest));
     assert_succeeded(&output);
     assert_eq!(
         stdout(&output),

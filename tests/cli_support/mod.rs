@@ -146,3 +146,25 @@ pub fn assert_succeeded(output: &Output) {
         stderr(output)
     );
 }
+
+/// Builds `attach` arguments for the ext4 block device `device` (driver
+/// mmioblk) mounted at `mount_point`, followed by `rest`.
+pub fn attach_ext4_args<'a>(
+    device: &'a str,
+    mount_point: &'a str,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "attach",
+        "--driver",
+        "mmioblk",
+        "--source",
+        device,
+        "--fstype",
+        "ext4",
+        "--mount-point",
+        mount_point,
+    ];
+    args.extend_from_slice(rest);
+    args
+}
