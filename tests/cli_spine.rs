@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use cli_support::fake_vmm::{FakeVmm, Reply};
 use cli_support::frames::{read_response_status, request_bytes, write_frame, MESSAGE_TYPE_REQUEST};
 use cli_support::{
-    agent_command, assert_failed_with, assert_succeeded, attach_ext4_args, stderr, stdout,
-    volumectl, Agent,
+    agent_command, assert_failed_with, assert_succeeded, attach_args, stderr, stdout, volumectl,
+    Agent,
 };
 
 #[test]
@@ -428,7 +428,10 @@ fn container_binds_via_volumectl() {
         "--mount",
         "/config:ro",
     ];
-    let output = volumectl_at(&env, &attach_ext4_args(&device, &mount_point_text, &rest));
+    let output = volumectl_at(
+        &env,
+        &attach_args(&device, "ext4", &mount_point_text, &rest),
+    );
     assert_succeeded(&output);
     assert_eq!(
         stdout(&output),

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use cli_support::{assert_failed_with, assert_succeeded, attach_ext4_args, stdout, volumectl};
+use cli_support::{assert_failed_with, assert_succeeded, attach_args, stdout, volumectl};
 
 /// Mount information as a CSI driver writes it, in one line as upstream stores it.
 const MOUNT_INFO: &str = concat!(
@@ -287,7 +287,7 @@ fn attach_records_guest_mount_point() {
     assert_succeeded(&output);
 
     let rest = ["--sandbox", "--volume-path", volume_path];
-    let output = with_agent(&attach_ext4_args(&device, &mount_point_text, &rest));
+    let output = with_agent(&attach_args(&device, "ext4", &mount_point_text, &rest));
     assert_succeeded(&output);
     assert_eq!(
         stdout(&output),

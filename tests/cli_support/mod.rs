@@ -147,10 +147,11 @@ pub fn assert_succeeded(output: &Output) {
     );
 }
 
-/// Builds `attach` arguments for the ext4 block device `device` (driver
-/// mmioblk) mounted at `mount_point`, followed by `rest`.
-pub fn attach_ext4_args<'a>(
+/// Builds `attach` arguments for the block device `device` (driver mmioblk)
+/// with a `fstype` filesystem mounted at `mount_point`, followed by `rest`.
+pub fn attach_args<'a>(
     device: &'a str,
+    fstype: &'a str,
     mount_point: &'a str,
     rest: &[&'a str],
 ) -> Vec<&'a str> {
@@ -161,7 +162,7 @@ pub fn attach_ext4_args<'a>(
         "--source",
         device,
         "--fstype",
-        "ext4",
+        fstype,
         "--mount-point",
         mount_point,
     ];
