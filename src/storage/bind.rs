@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use protocols::oci::Spec;
-use rustix::fs::FileType;
 use slog::{info, warn};
 
 use super::manager::StorageManager;
 use super::options::{MountOptions, OptionContext};
-use super::path::{self, NodeKind, ResolvedPath};
+use super::path::{self, ResolvedPath};
 use super::state::BindRecord;
 use super::StorageError;
 
@@ -76,20 +75,20 @@ impl StorageManager {
         Ok(binds)
     }
 
-    /// Makes the binds of one container; on failure the ones made by this
+    /// Makes the binds of one container; on failure the ones bound by this
     /// call are undone.
     pub(super) async fn bind_container(
         &self,
         container_id: &str,
         binds: &[BindRequest],
     ) -> Result<(), StorageError> {
-        let mut made: Vec<BindRecord> = Vec::new();
+        let mut bound: Vec<BindRecord> = Vec::new();
         for request in binds {
             match self.bind_one(container_id, request).await {
-                Ok(Some(record)) => made.push(record),
+                Ok(Some(record)) => bound.push(record),
                 Ok(None) => {}
                 Err(error) => {
-                    for record in made.iter().rev() {
+                    for record in bound.iter().rev() {
                         self.undo_bind(container_id, record).await;
                     }
                     return Err(error);
@@ -107,28 +106,21 @@ impl StorageManager {
         request: &BindRequest,
     ) -> Result<Option<BindRecord>, StorageError> {
         let Some(volume) = self.lookup_storage(&request.source) else {
-            return Err(StorageError::Invalid {
-                field: "source",
-                value: request.source.display().to_string(),
-                reason: "is under the storage root but not inside a mounted storage; \
-                         list the storage in the request"
-                    .into(),
-            });
+            return Err(not_in_storage(&request.source));
         };
         let _guard = self.lock_key(&volume).await;
+        // The storage may have been removed while this request waited.
+        if !self.lock_state().storages.contains_key(&volume) {
+            return Err(not_in_storage(&request.source));
+        }
         let relative = request
             .source
             .strip_prefix(&volume)
             .unwrap_or(Path::new(""));
         let source = path::resolve_in_root("source", &volume, relative, None)?;
-        let kind = match FileType::from_raw_mode(
-            rustix::fs::fstat(&source.fd)
-                .map_err(|errno| resolve_error("source", &volume, relative, errno))?
-                .st_mode,
-        ) {
-            FileType::Directory => NodeKind::Directory,
-            _ => NodeKind::File,
-        };
+        let kind = source
+            .node_kind()
+            .map_err(|errno| resolve_error("source", &volume, relative, errno))?;
 
         let target = path::resolve_in_root(
             "destination",
@@ -172,7 +164,7 @@ impl StorageManager {
         Ok(Some(record))
     }
 
-    /// The mount point of the storage that `source` is or lies inside.
+    /// Finds the mount point of the storage that `source` is or lies inside.
     fn lookup_storage(&self, source: &Path) -> Option<PathBuf> {
         let state = self.lock_state();
         state
@@ -184,7 +176,8 @@ impl StorageManager {
     }
 
     /// Binds `source` onto `target`, then applies per-mount flags with a
-    /// bind remount and the propagation (private unless the mount asks).
+    /// bind remount and sets the propagation (private unless the OCI mount
+    /// names another).
     fn mount_bind(
         &self,
         request: &BindRequest,
@@ -277,6 +270,16 @@ impl StorageManager {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn not_in_storage(source: &Path) -> StorageError {
+    StorageError::Invalid {
+        field: "source",
+        value: source.display().to_string(),
+        reason: "is under the storage root but not inside a mounted storage; \
+                 list the storage in the request"
+            .into(),
     }
 }
 

@@ -64,11 +64,16 @@ pub enum StorageError {
         #[source]
         error: std::io::Error,
     },
-    #[error("mounting {device} ({fstype}) on {mount_point} failed")]
+    #[error(
+        "mounting {device} ({fstype}) on {mount_point} with options {options:?} failed; \
+         check the options and the filesystem on the disk"
+    )]
     Mount {
         device: PathBuf,
         fstype: String,
         mount_point: PathBuf,
+        /// The request's options as given, for the message.
+        options: String,
         #[source]
         error: Errno,
     },
@@ -131,7 +136,7 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// The ttrpc status code a request failing with this error gets.
+    /// Returns the ttrpc status code for a request that fails with this error.
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
@@ -142,8 +147,13 @@ impl StorageError {
             StorageError::FilesystemMismatch { .. } | StorageError::DeviceConflict { .. } => {
                 Code::FAILED_PRECONDITION
             }
-            StorageError::Resolve { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
-                Code::NOT_FOUND
+            StorageError::Resolve { error, .. } => {
+                match Errno::from_raw(error.raw_os_error().unwrap_or(0)) {
+                    Errno::ENOENT => Code::NOT_FOUND,
+                    // A path through a file, or a loop of links: bad input.
+                    Errno::ENOTDIR | Errno::ELOOP => Code::INVALID_ARGUMENT,
+                    _ => Code::INTERNAL,
+                }
             }
             StorageError::Mount { error, .. } | StorageError::Remount { error, .. } => {
                 errno_code(*error)

@@ -1,8 +1,10 @@
-//! fsGroup: gives a pod's supplemental group access to a volume, with the
-//! same rules as the Kubernetes kubelet (`SetVolumeOwnership`): every file
-//! and directory gets the group, group read-write (read-only for a
-//! read-only volume) and directories get setgid and group search, so new
-//! files inherit the group.
+//! fsGroup: gives a pod's supplemental group access to a volume.
+//!
+//! The rules follow `SetVolumeOwnership` in the Kubernetes kubelet
+//! (`pkg/volume/volume_linux.go`). Every file and directory gets the group
+//! and the bits 0660 (0440 on a read-only volume). Directories also get
+//! group search and setgid, so that new files inherit the group. Symbolic
+//! links are skipped.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -39,9 +41,8 @@ fn mask(is_directory: bool, read_only: bool) -> u32 {
     }
 }
 
-/// Applies `group_id` below `root` according to `policy`; returns whether it
-/// walked the tree. Links are re-grouped but not followed, and the walk
-/// stays on the filesystem of `root`.
+/// Applies `group_id` below `root` according to `policy` and returns
+/// whether it walked the tree. The walk stays on the filesystem of `root`.
 pub fn apply_fs_group(
     root: &Path,
     group_id: u32,
@@ -56,15 +57,15 @@ pub fn apply_fs_group(
     Ok(true)
 }
 
-/// Whether the root already has the group and the mask bits.
+/// Checks whether the root already has the group and the mask bits.
 fn root_matches(metadata: &std::fs::Metadata, group_id: u32, read_only: bool) -> bool {
-    let wanted = mask(metadata.is_dir(), read_only);
-    metadata.gid() == group_id && metadata.mode() & wanted == wanted
+    let required = mask(metadata.is_dir(), read_only);
+    metadata.gid() == group_id && metadata.mode() & required == required
 }
 
 fn walk(path: &Path, device: u64, group_id: u32, read_only: bool) -> Result<(), StorageError> {
     let metadata = std::fs::symlink_metadata(path).map_err(|error| fs_group_error(path, error))?;
-    if metadata.dev() != device {
+    if metadata.dev() != device || metadata.file_type().is_symlink() {
         return Ok(());
     }
     set_ownership(path, &metadata, group_id, read_only)?;
@@ -92,9 +93,6 @@ fn set_ownership(
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .map_err(|errno| fs_group_error(path, errno.into()))?;
-    if metadata.file_type().is_symlink() {
-        return Ok(());
-    }
     let mode = metadata.mode() | mask(metadata.is_dir(), read_only);
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
         .map_err(|error| fs_group_error(path, error))
@@ -124,6 +122,10 @@ mod tests {
         let file = directory.join("file");
         std::fs::write(&file, b"x").unwrap();
         std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // A link to a file outside the volume must not reach that file.
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(outside.path(), directory.join("link")).unwrap();
         // The caller's own group always works for chown, root or not.
         let group_id = nix::unistd::getegid().as_raw();
 
@@ -133,6 +135,7 @@ mod tests {
         assert_eq!(mode(&directory), 0o700 | 0o660 | 0o110 | libc::S_ISGID);
         assert_eq!(mode(&file), 0o660);
         assert_eq!(std::fs::metadata(&file).unwrap().gid(), group_id);
+        assert_eq!(mode(outside.path()), 0o600, "links are not followed");
     }
 
     #[test]

@@ -10,11 +10,12 @@ use rustix::io::Errno;
 
 use super::StorageError;
 
-/// What a mount point or bind target must be.
+/// File type a mount point or bind target must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     Directory,
-    /// A regular file, for a raw block volume or a bind of a single file.
+    /// Anything but a directory, for a raw block volume or a bind of a single
+    /// file; a regular file is created when missing.
     File,
 }
 
@@ -104,8 +105,8 @@ pub fn create_mount_point(
         let name = name.as_os_str();
         current.push(name);
         let last = index + 1 == names.len();
-        let wanted = if last { kind } else { NodeKind::Directory };
-        let result = open_or_create(&directory, name, wanted);
+        let expected_kind = if last { kind } else { NodeKind::Directory };
+        let result = open_or_create(&directory, name, expected_kind);
         let (fd, was_created) = match result {
             Ok(opened) => opened,
             Err(error) => {
@@ -126,7 +127,7 @@ pub fn create_mount_point(
                         reason: format!(
                             "{} exists as a {found}, expected a {}",
                             current.display(),
-                            kind_name(wanted)
+                            kind_name(expected_kind)
                         ),
                     },
                 });
@@ -199,21 +200,22 @@ fn create_node(directory: &OwnedFd, name: &std::ffi::OsStr, kind: NodeKind) -> R
 fn check_kind(fd: &OwnedFd, kind: NodeKind) -> Result<(), OpenError> {
     let stat = rustix::fs::fstat(fd).map_err(OpenError::Errno)?;
     let file_type = FileType::from_raw_mode(stat.st_mode);
+    // A bind over a file target leaves whatever the source was (a device
+    // node for a raw block volume), so any non-directory serves as a file.
     match (file_type, kind) {
-        (FileType::Directory, NodeKind::Directory) | (FileType::RegularFile, NodeKind::File) => {
-            Ok(())
-        }
         (FileType::Symlink, _) => Err(OpenError::Symlink),
-        (FileType::Directory, _) => Err(OpenError::WrongType("directory")),
-        (FileType::RegularFile, _) => Err(OpenError::WrongType("regular file")),
-        _ => Err(OpenError::WrongType("special file")),
+        (FileType::Directory, NodeKind::Directory) => Ok(()),
+        (FileType::Directory, NodeKind::File) => Err(OpenError::WrongType("directory")),
+        (_, NodeKind::File) => Ok(()),
+        (FileType::RegularFile, NodeKind::Directory) => Err(OpenError::WrongType("regular file")),
+        (_, NodeKind::Directory) => Err(OpenError::WrongType("special file")),
     }
 }
 
 fn kind_name(kind: NodeKind) -> &'static str {
     match kind {
         NodeKind::Directory => "directory",
-        NodeKind::File => "regular file",
+        NodeKind::File => "file (not a directory)",
     }
 }
 
@@ -234,7 +236,16 @@ pub struct ResolvedPath {
 }
 
 impl ResolvedPath {
-    /// The magic link to hand to mount(2).
+    /// Returns the kind of node the descriptor refers to.
+    pub fn node_kind(&self) -> Result<NodeKind, Errno> {
+        let stat = rustix::fs::fstat(&self.fd)?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Directory => Ok(NodeKind::Directory),
+            _ => Ok(NodeKind::File),
+        }
+    }
+
+    /// Returns the `/proc/self/fd` magic link to hand to mount(2).
     pub fn proc_path(&self) -> PathBuf {
         fd_proc_path(&self.fd)
     }
@@ -323,7 +334,7 @@ pub fn resolve_in_root(
     for (index, name) in names.iter().enumerate() {
         let name = name.as_os_str();
         prefix.push(name);
-        let wanted = if index + 1 == names.len() {
+        let expected_kind = if index + 1 == names.len() {
             kind
         } else {
             NodeKind::Directory
@@ -332,10 +343,10 @@ pub fn resolve_in_root(
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 // The parent is already resolved inside the root, so the new
-                // node is made there; a dangling link in its place makes the
+                // node is made there. A dangling link in its place makes the
                 // creation fail with EEXIST rather than follow the link.
                 let step = (|| {
-                    create_node(&directory, name, wanted)?;
+                    create_node(&directory, name, expected_kind)?;
                     let parent = real_path(&directory)?;
                     created.push(parent.join(name));
                     open(&prefix)
@@ -364,7 +375,7 @@ pub fn resolve_in_root(
                 return Err(fail(&prefix, errno));
             }
         };
-        if let Err(error) = check_kind(&fd, wanted) {
+        if let Err(error) = check_kind(&fd, expected_kind) {
             remove_created(&created);
             let found = match error {
                 OpenError::Errno(errno) => return Err(fail(&prefix, errno)),
@@ -377,7 +388,7 @@ pub fn resolve_in_root(
                 reason: format!(
                     "exists inside {} as a {found}, expected a {}",
                     root.display(),
-                    kind_name(wanted)
+                    kind_name(expected_kind)
                 ),
             });
         }

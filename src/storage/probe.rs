@@ -134,8 +134,8 @@ fn module_alias_exists(fstype: &str) -> bool {
     let Ok(aliases) = std::fs::read_to_string(path) else {
         return false;
     };
-    let wanted = format!("alias fs-{fstype} ");
-    aliases.lines().any(|line| line.starts_with(&wanted))
+    let alias_prefix = format!("alias fs-{fstype} ");
+    aliases.lines().any(|line| line.starts_with(&alias_prefix))
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ impl TestEnv {
         source
     }
 
-    /// A container rootfs directory (created empty).
+    /// Creates an empty container rootfs directory and returns its path.
     pub fn rootfs(&self, container_id: &str) -> PathBuf {
         let rootfs = self
             .path()
@@ -239,9 +239,17 @@ impl TestEnv {
         rootfs
     }
 
-    /// The agent log, for assertion messages.
+    /// Reads the agent log, for assertion messages.
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Panics with `error` and the agent log, which records why a request failed.
+    pub fn fail(&self, error: impl std::fmt::Debug) -> ! {
+        panic!(
+            "request failed: {error:?}\nagent log:\n{}",
+            self.agent_log()
+        )
     }
 }
 
@@ -266,8 +274,8 @@ pub fn with_fs_group(mut storage: Storage, group_id: u32, on_root_mismatch: bool
     storage
 }
 
-/// An OCI spec with `rootfs` and bind mounts of (source, destination,
-/// options).
+/// Builds an OCI spec with `rootfs` and bind mounts of (source,
+/// destination, options).
 pub fn spec(rootfs: &Path, mounts: &[(&str, &str, &[&str])]) -> Spec {
     let mut spec = Spec::new();
     let mut root = Root::new();
@@ -284,15 +292,85 @@ pub fn spec(rootfs: &Path, mounts: &[(&str, &str, &[&str])]) -> Spec {
     spec
 }
 
-/// A request context with a deadline.
+/// Builds a request context with a 20 s deadline.
 pub fn context() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
 }
 
-/// The ttrpc status code of a failed call.
-pub fn status_code<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> ttrpc::Code {
+/// Counts the mounts stacked at exactly `path`.
+pub fn mount_count(path: &Path) -> usize {
+    mounts_under(path)
+        .iter()
+        .filter(|mount_point| *mount_point == path)
+        .count()
+}
+
+/// Returns the status code and message of a failed call.
+pub fn status_message<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (ttrpc::Code, String) {
     match result {
-        Err(ttrpc::Error::RpcStatus(status)) => status.code(),
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message.clone()),
         other => panic!("expected an RPC status error, got {other:?}"),
     }
+}
+
+pub fn create_container_request(
+    container_id: &str,
+    storages: Vec<Storage>,
+    oci: Option<Spec>,
+) -> protocols::agent::CreateContainerRequest {
+    protocols::agent::CreateContainerRequest {
+        container_id: container_id.into(),
+        storages,
+        OCI: oci.into(),
+        ..Default::default()
+    }
+}
+
+pub fn remove_container_request(container_id: &str) -> protocols::agent::RemoveContainerRequest {
+    protocols::agent::RemoveContainerRequest {
+        container_id: container_id.into(),
+        ..Default::default()
+    }
+}
+
+pub fn create_sandbox_request(storages: Vec<Storage>) -> protocols::agent::CreateSandboxRequest {
+    protocols::agent::CreateSandboxRequest {
+        storages,
+        sandbox_id: "sandbox".into(),
+        ..Default::default()
+    }
+}
+
+/// Storage records in the agent's state file.
+pub fn saved_storage_count(state_file: &Path) -> usize {
+    let Ok(text) = std::fs::read_to_string(state_file) else {
+        return 0;
+    };
+    let state: serde_json::Value = serde_json::from_str(&text).expect("state file is JSON");
+    state["storages"]
+        .as_object()
+        .map_or(0, |storages| storages.len())
+}
+
+/// Sends CreateSandbox with `storages` and panics, with the agent log,
+/// if it fails.
+pub async fn create_sandbox(client: &AgentServiceClient, env: &TestEnv, storages: Vec<Storage>) {
+    client
+        .create_sandbox(context(), &create_sandbox_request(storages))
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+}
+
+/// Sends DestroySandbox and checks that no mount is left in the test
+/// directory.
+pub async fn destroy_sandbox(client: &AgentServiceClient, env: &TestEnv) {
+    client
+        .destroy_sandbox(context(), &protocols::agent::DestroySandboxRequest::new())
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(
+        mounts_under(env.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left after DestroySandbox"
+    );
 }
