@@ -111,22 +111,29 @@ impl ClientError {
 }
 
 fn is_not_up_yet(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::NotFound
-            | ErrorKind::ConnectionRefused
-            | ErrorKind::ConnectionReset
-            | ErrorKind::BrokenPipe
-            | ErrorKind::TimedOut
-    )
+    // AF_VSOCK returns ENODEV while no VM has the CID, such as before the
+    // VMM opened its vhost-vsock device (vhost_transport_send_pkt in Linux
+    // drivers/vhost/vsock.c). NOTE: a host without any vsock transport
+    // returns it too, and is then retried until the timeout.
+    let vsock_not_up = error.raw_os_error() == Some(libc::ENODEV);
+    vsock_not_up
+        || matches!(
+            error.kind(),
+            ErrorKind::NotFound
+                | ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::BrokenPipe
+                | ErrorKind::TimedOut
+        )
 }
 
 /// Connects a ttrpc client to the agent at `address` (`unix:///PATH`,
 /// `vsock://CID:PORT` or `hvsock:///PATH:PORT`).
 ///
 /// Retries until `timeout` while the agent is not up yet: a missing socket
-/// file, a refused or reset connection, or a hybrid vsock handshake that the
-/// VMM rejects or closes. Other failures return at once.
+/// file, a refused or reset connection, no VM with the vsock CID yet, or a
+/// hybrid vsock handshake that the VMM rejects or closes. Other failures
+/// return at once.
 ///
 /// # Errors
 ///
