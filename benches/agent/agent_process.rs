@@ -48,6 +48,14 @@ pub struct AgentProcess {
     _dir: ScratchDir,
 }
 
+/// One mapping of the agent's address space, from /proc/PID/smaps.
+pub struct Mapping {
+    /// File path, `[heap]`, `[stack]` and the like; `None` when anonymous.
+    pub name: Option<String>,
+    pub size: u64,
+    pub rss: u64,
+}
+
 /// The two services of one connection.
 #[derive(Clone)]
 pub struct Clients {
@@ -116,6 +124,18 @@ impl AgentProcess {
         })
     }
 
+    /// Reads a number field (`Threads`) of /proc/PID/status.
+    pub fn status_count(&self, field: &str) -> anyhow::Result<u64> {
+        let path = format!("/proc/{}/status", self.pid());
+        let status =
+            std::fs::read_to_string(&path).with_context(|| format!("reading {path} failed"))?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .with_context(|| format!("{path} has no numeric {field} line"))
+    }
+
     /// Reads a `kB` field (`VmRSS`, `VmHWM`) of /proc/PID/status, in bytes.
     pub fn status_bytes(&self, field: &str) -> anyhow::Result<u64> {
         let path = format!("/proc/{}/status", self.pid());
@@ -130,39 +150,45 @@ impl AgentProcess {
         Ok(kilobytes * 1024)
     }
 
-    /// Sums the resident bytes of each mapped file from /proc/PID/smaps,
-    /// largest first.
-    pub fn file_rss(&self) -> anyhow::Result<Vec<(String, u64)>> {
+    /// Parses /proc/PID/smaps into its mappings.
+    pub fn mappings(&self) -> anyhow::Result<Vec<Mapping>> {
         let path = format!("/proc/{}/smaps", self.pid());
         let smaps =
             std::fs::read_to_string(&path).with_context(|| format!("reading {path} failed"))?;
-        let mut by_file: Vec<(String, u64)> = Vec::new();
-        let mut current: Option<String> = None;
+        let mut mappings: Vec<Mapping> = Vec::new();
         for line in smaps.lines() {
+            let mut fields = line.split_whitespace();
+            let first = fields.next().unwrap_or_default();
             if let Some(kilobytes) = line.strip_prefix("Rss:") {
-                let Some(file) = &current else { continue };
-                let bytes = 1024
-                    * kilobytes
-                        .trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .unwrap_or(0);
-                match by_file.iter_mut().find(|(name, _)| name == file) {
-                    Some((_, total)) => *total += bytes,
-                    None => by_file.push((file.clone(), bytes)),
+                let kilobytes = kilobytes.trim().trim_end_matches("kB").trim();
+                if let (Some(mapping), Ok(kilobytes)) =
+                    (mappings.last_mut(), kilobytes.parse::<u64>())
+                {
+                    mapping.rss = kilobytes * 1024;
                 }
-            } else if line
-                .split_whitespace()
-                .next()
-                .is_some_and(|first| first.contains('-'))
-            {
+            } else if let Some((start, end)) = first.split_once('-') {
                 // A mapping header: `start-end perms offset dev inode [path]`.
-                current = line
-                    .split_whitespace()
-                    .nth(5)
-                    .filter(|name| name.starts_with('/'))
-                    .map(str::to_string);
+                let address = |text| u64::from_str_radix(text, 16).unwrap_or(0);
+                mappings.push(Mapping {
+                    name: fields.nth(4).map(str::to_string),
+                    size: address(end).saturating_sub(address(start)),
+                    rss: 0,
+                });
+            }
+        }
+        Ok(mappings)
+    }
+
+    /// Sums the resident bytes of each mapped file, largest first.
+    pub fn file_rss(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let mut by_file: Vec<(String, u64)> = Vec::new();
+        for mapping in self.mappings()? {
+            let Some(file) = mapping.name.filter(|name| name.starts_with('/')) else {
+                continue;
+            };
+            match by_file.iter_mut().find(|(name, _)| *name == file) {
+                Some((_, total)) => *total += mapping.rss,
+                None => by_file.push((file, mapping.rss)),
             }
         }
         by_file.sort_by_key(|(_, bytes)| std::cmp::Reverse(*bytes));

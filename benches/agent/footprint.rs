@@ -17,10 +17,19 @@ use crate::stats_volume;
 const MAX_IDLE_RSS: u64 = 4 << 20;
 /// Connections the long run spreads its requests over.
 const CONNECTIONS: usize = 8;
+/// Idle time after which tokio's blocking pool has let its threads go:
+/// they exit after 10 s without work (tokio's default keep-alive).
+pub const BLOCKING_POOL_IDLE: Duration = Duration::from_secs(11);
 /// Pause before reading VmRSS, so that the runtime's idle workers settle.
 const SETTLE: Duration = Duration::from_millis(200);
 
-pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<()> {
+/// Reads the RSS `requests` GetVolumeStats after start, then once more
+/// after `long_idle` when given.
+pub async fn run_rss(
+    section: &mut Section,
+    requests: usize,
+    long_idle: Option<Duration>,
+) -> anyhow::Result<()> {
     let scratch = ScratchDir::new()?;
     let agent = AgentProcess::start().await?;
     tokio::time::sleep(SETTLE).await;
@@ -29,9 +38,10 @@ pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<(
         "idle RSS after start (one Health Check)",
         rss_started,
     ));
-    section
-        .rows
-        .push(rss_split_row("of which anonymous / file-backed", &agent)?);
+    section.rows.push(rss_split_row(
+        "of which anonymous / file-backed; threads",
+        &agent,
+    )?);
     let files: Vec<String> = agent
         .file_rss()?
         .into_iter()
@@ -64,13 +74,30 @@ pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<(
         &format!("idle RSS after {} GetVolumeStats", batch.calls),
         rss_after,
     ));
-    section
-        .rows
-        .push(rss_split_row("of which anonymous / file-backed", &agent)?);
+    section.rows.push(rss_split_row(
+        "of which anonymous / file-backed; threads",
+        &agent,
+    )?);
     section.rows.push(Row::info(
         "peak RSS (VmHWM) over the run",
         format_bytes(peak),
         "",
+    ));
+    if let Some(idle) = long_idle {
+        tokio::time::sleep(idle).await;
+        let rss_idle = agent.status_bytes("VmRSS")?;
+        section.rows.push(rss_row(
+            &format!("idle RSS {} s after the requests", idle.as_secs()),
+            rss_idle,
+        ));
+        section.rows.push(rss_split_row(
+            "of which anonymous / file-backed; threads",
+            &agent,
+        )?);
+    }
+    section.note(format!(
+        "Largest anonymous mappings at the end (resident of mapped): {}.",
+        largest_anonymous(&agent)?
     ));
     section.note(format!(
         "The requests ran over {CONNECTIONS} connections on {}; the connections were closed \
@@ -81,19 +108,44 @@ pub async fn run_rss(section: &mut Section, requests: usize) -> anyhow::Result<(
 }
 
 /// Splits the resident set into heap and stacks (`RssAnon`) and mapped
-/// files such as the binary itself (`RssFile`).
+/// files such as the binary itself (`RssFile`), with the thread count,
+/// because every thread adds a stack and may add a malloc arena.
 fn rss_split_row(measurement: &str, agent: &AgentProcess) -> anyhow::Result<Row> {
     let anonymous = agent.status_bytes("RssAnon")?;
     let file_backed = agent.status_bytes("RssFile")?;
+    let threads = agent.status_count("Threads")?;
     Ok(Row::info(
         measurement,
         format!(
-            "{} / {}",
+            "{} / {}; {threads}",
             format_bytes(anonymous),
             format_bytes(file_backed)
         ),
         "",
     ))
+}
+
+/// Describes the four anonymous mappings with the most resident bytes.
+fn largest_anonymous(agent: &AgentProcess) -> anyhow::Result<String> {
+    let mut anonymous: Vec<_> = agent
+        .mappings()?
+        .into_iter()
+        .filter(|mapping| matches!(mapping.name.as_deref(), None | Some("[heap]")))
+        .collect();
+    anonymous.sort_by_key(|mapping| std::cmp::Reverse(mapping.rss));
+    let described: Vec<String> = anonymous
+        .iter()
+        .take(4)
+        .map(|mapping| {
+            let name = mapping.name.as_deref().unwrap_or("anonymous");
+            format!(
+                "{name} {} of {}",
+                format_bytes(mapping.rss),
+                format_bytes(mapping.size)
+            )
+        })
+        .collect();
+    Ok(described.join(", "))
 }
 
 fn rss_row(measurement: &str, bytes: u64) -> Row {

@@ -114,6 +114,7 @@ fn main() -> ExitCode {
     };
     let resize_rounds = if quick { 2 } else { 20 };
     let rss_requests = if quick { 2_000 } else { 100_000 };
+    let long_idle = (!quick).then_some(footprint::BLOCKING_POOL_IDLE);
 
     let mut runner = Runner {
         runtime: &runtime,
@@ -152,7 +153,7 @@ fn main() -> ExitCode {
     );
     runner.run("footprint", "Footprint", None, |s| {
         Box::pin(async move {
-            footprint::run_rss(s, rss_requests).await?;
+            footprint::run_rss(s, rss_requests, long_idle).await?;
             footprint::run_binary_size(s)
         })
     });
