@@ -159,8 +159,9 @@ fn rss_row(measurement: &str, bytes: u64) -> Row {
     row
 }
 
-/// Reports the size of the agent binary this bench started, which cargo
-/// built with the bench profile (inheriting `[profile.release]`).
+/// Reports the size of the agent binary this bench started: unless
+/// overridden, the one cargo built with the bench profile, which inherits
+/// `[profile.release]` and so is stripped.
 pub fn run_binary_size(section: &mut Section) -> anyhow::Result<()> {
     let binary = agent_process::binary();
     let bytes = std::fs::metadata(&binary)

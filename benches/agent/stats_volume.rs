@@ -40,7 +40,7 @@ pub async fn prepare(
             Err(error) => format!("attaching an ext4 loop device failed ({error:#})"),
         }
     } else {
-        "not root, so no loop device".to_string()
+        "the bench does not run as root, which loop devices need".to_string()
     };
     let dir = ScratchDir::new_in(Path::new(TMPFS))?;
     let path = dir.subdir("volume")?;
