@@ -109,7 +109,8 @@ pub async fn run(section: &mut Section, plan: &Plan) -> anyhow::Result<()> {
         add_rows(section, clients, &mut totals);
         round_ratios.sort_by(f64::total_cmp);
         section.note(format!(
-            "{clients} client(s): the per-round p50 ratio to Health ranged {:.2}x to {:.2}x.",
+            "With {}, the per-round p50 ratio to Health ranged {:.2}x to {:.2}x.",
+            client_label(clients),
             round_ratios[0],
             round_ratios[round_ratios.len() - 1]
         ));
@@ -176,12 +177,16 @@ async fn time_async(
     Ok(())
 }
 
-fn add_rows(section: &mut Section, clients: usize, totals: &mut KindTotals) {
-    let label = if clients == 1 {
+fn client_label(clients: usize) -> String {
+    if clients == 1 {
         "1 client".to_string()
     } else {
         format!("{clients} clients")
-    };
+    }
+}
+
+fn add_rows(section: &mut Section, clients: usize, totals: &mut KindTotals) {
+    let label = client_label(clients);
     let (health_latency, stats_latency) = (&mut totals.health_latency, &mut totals.stats_latency);
     section.rows.push(Row::latency(
         format!("GetVolumeStats p50, {label}"),
