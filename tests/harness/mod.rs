@@ -11,6 +11,7 @@ pub mod guest_shell;
 pub mod image;
 pub mod qemu;
 pub mod qmp;
+pub mod volume;
 pub mod volumectl;
 pub mod vsock;
 

@@ -185,10 +185,13 @@ impl Guest {
     }
 
     /// Stops QEMU (QMP quit, then SIGKILL if it lingers) and
-    /// vhost-device-vsock, so disk images can be checked afterwards.
-    pub fn shutdown(mut self) -> Result<()> {
+    /// vhost-device-vsock, so that disk images in [`Guest::dir`] can be
+    /// checked; the directory lives until the guest is dropped.
+    pub fn shutdown(&mut self) -> Result<()> {
         let quit = self.qmp.quit();
         let exited = wait_exit(&mut self.qemu, Duration::from_secs(10));
+        stop(&mut self.qemu);
+        stop(&mut self.vhost);
         quit.context("QMP quit")?;
         if !exited {
             bail!("QEMU did not exit within 10 s of QMP quit");
