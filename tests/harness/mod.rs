@@ -5,7 +5,7 @@
 //!
 //! Shared by `tests/guest_e2e.rs` and the demo example.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod guest_shell;
 pub mod image;

@@ -85,6 +85,8 @@ pub struct Guest {
     /// Time from QEMU start until the agent accepted a vsock connection.
     pub boot_time: Duration,
     pub accel: &'static str,
+    /// Keep the working directory on drop even without a panic.
+    keep_logs: bool,
 }
 
 impl Guest {
@@ -156,6 +158,7 @@ impl Guest {
             vhost: vhost.0.take().expect("vhost-device-vsock child present"),
             boot_time: start.elapsed(),
             accel,
+            keep_logs: false,
         })
     }
 
@@ -184,6 +187,12 @@ impl Guest {
         format!("{:02x}/00", FIRST_ROOT_PORT_SLOT + root_port)
     }
 
+    /// Keeps the working directory and its logs when the guest is dropped,
+    /// for a failure that is reported without a panic.
+    pub fn keep_logs(&mut self) {
+        self.keep_logs = true;
+    }
+
     /// Stops QEMU (QMP quit, then SIGKILL if it lingers) and
     /// vhost-device-vsock, so that disk images in [`Guest::dir`] can be
     /// checked; the directory lives until the guest is dropped.
@@ -205,7 +214,7 @@ impl Drop for Guest {
         stop(&mut self.qemu);
         stop(&mut self.vhost);
         let Some(dir) = self.dir.take() else { return };
-        if std::thread::panicking() {
+        if std::thread::panicking() || self.keep_logs {
             remove_disk_images(dir.path());
             let kept = dir.keep();
             eprintln!("guest logs kept: {}", kept.join("serial.log").display());
