@@ -97,18 +97,25 @@ will_change() {
 }
 
 # Copies host file SRC (symlinks followed) to guest path DEST with MODE.
+# With EXISTING=keep, a different file already at DEST is left in place:
+# the tree's own libraries belong to the tree's other programs.
 install_file() {
-    local src="$1" dest="$2" mode="$3" target
+    local src="$1" dest="$2" mode="$3" existing="${4:-replace}" target
     target="$(guest_path "$dest")"
     if [[ -f "$target" ]] && cmp -s "$src" "$target" &&
         [[ "$(stat -c %a "$target")" == "$mode" ]]; then
         unchanged=$((unchanged + 1))
         return
     fi
+    if [[ "$existing" == keep && -e "$target" ]]; then
+        echo "note: kept the tree's own $dest, which differs from the host's $src" >&2
+        unchanged=$((unchanged + 1))
+        return
+    fi
     will_change "copy $src -> $dest (mode $mode)" || return 0
     mkdir -p "$(dirname "$target")"
-    # Copy beside the target, then rename, so a guest build running at the same time never
-    # sees a half-written binary.
+    # Copy beside the target, then rename, so that a guest build running
+    # at the same time never reads a half-written binary.
     cp -L "$src" "$target.tmp.$$"
     chmod "$mode" "$target.tmp.$$"
     mv -f "$target.tmp.$$" "$target"
@@ -168,13 +175,22 @@ for tool in "${tools[@]}"; do
         echo "note: $tool not found on the host, not installed (install e2fsprogs / xfsprogs)" >&2
         continue
     fi
+    # A tree with its own e2fsprogs or xfsprogs keeps them, with the
+    # libraries they were built against.
+    for existing_dir in /usr/sbin /sbin; do
+        existing_tool="$(guest_path "$existing_dir/$tool")"
+        if [[ -x "$existing_tool" ]] && ! cmp -s "$path" "$existing_tool"; then
+            echo "note: kept the tree's own $existing_dir/$tool" >&2
+            continue 2
+        fi
+    done
     binaries+=("$path")
     install_file "$path" "/usr/sbin/$tool" 755
 done
 
 mapfile -t libraries < <(for binary in "${binaries[@]}"; do shared_libraries "$binary"; done | sort -u)
 for library in "${libraries[@]}"; do
-    install_file "$library" "$library" 755
+    install_file "$library" "$library" 755 keep
 done
 
 if $install_unit; then
