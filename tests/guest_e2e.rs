@@ -292,3 +292,50 @@ fn base64_url(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
 }
+
+#[test]
+fn install_hook_dry_run_and_idempotent() {
+    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs-hooks/install-volume-agent.sh");
+    let agent = env!("CARGO_BIN_EXE_volume-agent");
+    let tree = tempfile::tempdir().unwrap();
+    let tree_path = tree.path().to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let output = std::process::Command::new(hook)
+            .args([tree_path, "--agent", agent])
+            .args(extra)
+            .output()
+            .expect("running install-volume-agent.sh");
+        assert!(
+            output.status.success(),
+            "hook {extra:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+
+    let dry_run = run(&["--dry-run"]);
+    assert!(dry_run.contains("-> /usr/bin/volume-agent"), "dry run lists no agent: {dry_run}");
+    assert!(dry_run.contains("write /usr/lib/systemd/system/volume-agent.service"));
+    let left = std::fs::read_dir(tree.path()).unwrap().count();
+    assert_eq!(left, 0, "dry run wrote into the tree");
+
+    let first = run(&[]);
+    assert!(first.contains("installed /usr/bin/volume-agent"), "{first}");
+    let unit_path = tree.path().join("usr/lib/systemd/system/volume-agent.service");
+    let unit = std::fs::read_to_string(unit_path).unwrap();
+    assert!(unit.contains("Before=kata-containers.target"), "{unit}");
+    assert!(unit.contains("WantedBy=kata-containers.target"), "{unit}");
+    let wants = tree
+        .path()
+        .join("etc/systemd/system/kata-containers.target.wants/volume-agent.service");
+    assert!(wants.symlink_metadata().is_ok(), "unit not enabled");
+    let installed_agent = std::fs::read(tree.path().join("usr/bin/volume-agent")).unwrap();
+    assert_eq!(installed_agent, std::fs::read(agent).unwrap());
+    for tool in ["resize2fs", "e2fsck", "xfs_growfs"] {
+        assert!(tree.path().join("usr/sbin").join(tool).is_file(), "{tool} missing");
+    }
+    assert!(tree.path().join("lib64/ld-linux-x86-64.so.2").is_file(), "loader missing");
+
+    let second = run(&[]);
+    assert!(second.contains("done: 0 changed"), "second run changed files: {second}");
+}
