@@ -12,10 +12,10 @@
 # The kernel package is fetched with `apt-get download` and unpacked with
 # `dpkg-deb -x`, so nothing is installed into the host's /boot.
 #
-# /init mounts proc, sys, devtmpfs and /run, loads the modules, starts a
-# command shell on /dev/ttyS1 for tests, and runs the agent
+# /init mounts proc, sys, devtmpfs and /run, loads the modules and starts
+# a command shell on /dev/ttyS1 for tests. Then it runs the agent
 # (`volume-agent --listen vsock://-1:1024`, log on the serial console
-# ttyS0) under a supervisor loop that restarts it when it exits or is
+# ttyS0) in a supervisor loop, which restarts it when it exits or is
 # killed.
 #
 # Usage: build-test-guest.sh OUTDIR [--release | --agent PATH]
@@ -109,7 +109,7 @@ echo "==> unpack $(basename "$deb")"
 dpkg-deb -x "$deb" "$work/kernel"
 kernel_version="$(ls "$work/kernel/lib/modules")"
 [[ "$(wc -w <<<"$kernel_version")" -eq 1 ]] ||
-    die "$deb holds modules for '$kernel_version', expected one kernel release"
+    die "$deb contains modules for '$kernel_version', expected one kernel release"
 depmod -b "$work/kernel" "$kernel_version"
 
 root="$work/root"

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs the volume-agent demo in one command: builds the agent and
+# Runs the volume-agent demo in one command. It builds the agent and
 # volumectl, builds (or reuses) the test guest in target/guest, then runs
-# `cargo run --example demo`, which boots the guest, hot-plugs a
-# virtio-blk ext4 disk and a virtio-scsi xfs disk, attaches, writes, grows,
-# shows usage before and after, detaches and shuts down.
+# `cargo run --example demo`. The demo boots the guest and hot-plugs a
+# virtio-blk ext4 disk and a virtio-scsi xfs disk. It attaches, writes and
+# grows them, shows usage before and after, detaches and shuts down.
 #
 # Usage: rootfs-hooks/demo.sh [--release]
 #

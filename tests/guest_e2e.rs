@@ -32,23 +32,38 @@ fn guest_boots_and_sees_hotplug() {
 
     let volumectl = Volumectl::new(&guest.agent_address());
     let health = volumectl.run(&["check"]).expect("volumectl check");
-    assert!(health.contains("SERVING"), "unexpected check output {health:?}");
+    assert!(
+        health.contains("SERVING"),
+        "unexpected check output {health:?}"
+    );
 
     let disk = DiskImage::create(guest.dir(), "smoke", 64 * MIB, Fstype::Ext4).unwrap();
     guest.qmp.blockdev_add_raw("smoke", &disk.path).unwrap();
     let plugged = Instant::now();
-    guest.qmp.device_add_blk("smoke-blk", "smoke", "rp0").unwrap();
+    guest
+        .qmp
+        .device_add_blk("smoke-blk", "smoke", "rp0")
+        .unwrap();
     let sysfs = wait_guest_block_device(&mut guest, "vd", Duration::from_secs(30));
-    eprintln!("disk seen in the guest {:?} after device_add", plugged.elapsed());
+    eprintln!(
+        "disk seen in the guest {:?} after device_add",
+        plugged.elapsed()
+    );
     assert!(
         sysfs.contains("0000:00:02.0/0000:01:00.0"),
         "disk not behind root port rp0 (slot 02): {sysfs}"
     );
 
-    guest.qmp.device_del("smoke-blk", Duration::from_secs(30)).unwrap();
+    guest
+        .qmp
+        .device_del("smoke-blk", Duration::from_secs(30))
+        .unwrap();
     guest.qmp.blockdev_del_raw("smoke").unwrap();
     let listing = guest.shell.run("ls /sys/block").unwrap().output;
-    assert!(!listing.contains("vd"), "disk still present after unplug: {listing}");
+    assert!(
+        !listing.contains("vd"),
+        "disk still present after unplug: {listing}"
+    );
     guest.shutdown().unwrap();
 }
 
@@ -81,7 +96,10 @@ fn run_matrix(test: &str, cases: &[(Bus, Fstype, Plug)]) {
         return;
     };
     let mut guest = Guest::boot(&prerequisites, test).expect("booting the guest");
-    eprintln!("{test}: guest up in {:?} under {}", guest.boot_time, guest.accel);
+    eprintln!(
+        "{test}: guest up in {:?} under {}",
+        guest.boot_time, guest.accel
+    );
     let volumectl = Volumectl::new(&guest.agent_address());
 
     let mut images = Vec::new();
@@ -98,13 +116,13 @@ fn run_matrix(test: &str, cases: &[(Bus, Fstype, Plug)]) {
 
     guest.shutdown().expect("shutting the guest down");
     for image in &images {
-        image
-            .check_filesystem()
-            .unwrap_or_else(|error| panic!("{test}: {} not clean: {error:#}", image.path.display()));
+        image.check_filesystem().unwrap_or_else(|error| {
+            panic!("{test}: {} not clean: {error:#}", image.path.display())
+        });
     }
 }
 
-/// One matrix case: attach through CreateContainer with a bind, write a
+/// Runs one matrix case: attach through CreateContainer with a bind, write a
 /// file, stats, grow the disk and the filesystem, stats again, checksum,
 /// detach, unplug. Returns the disk, unplugged, for the filesystem check.
 fn attach_grow_detach(
@@ -135,15 +153,29 @@ fn attach_grow_detach(
     let payload = format!("{bind_target}/payload");
     let sum = write_payload(&mut guest.shell, &payload, 8).unwrap();
     let through_mount = checksum(&mut guest.shell, &format!("{mount_point}/payload")).unwrap();
-    assert_eq!(through_mount, sum, "file differs between bind target and mount point");
+    assert_eq!(
+        through_mount, sum,
+        "file differs between bind target and mount point"
+    );
 
     let before = volumectl.stats(&mount_point).unwrap();
     let before_bind = volumectl.stats(&bind_target).unwrap();
     assert_eq!(before.bytes_total, before_bind.bytes_total);
-    assert!(!before.abnormal, "condition abnormal before grow: {}", before.message);
-    assert!(before.bytes_total > DISK_SIZE / 2, "total {} too small", before.bytes_total);
+    assert!(
+        !before.abnormal,
+        "condition abnormal before grow: {}",
+        before.message
+    );
+    assert!(
+        before.bytes_total > DISK_SIZE / 2,
+        "total {} too small",
+        before.bytes_total
+    );
     assert!(before.bytes_total <= DISK_SIZE);
-    assert!(before.bytes_used >= 8 * MIB, "8 MiB payload not counted: {before:?}");
+    assert!(
+        before.bytes_used >= 8 * MIB,
+        "8 MiB payload not counted: {before:?}"
+    );
 
     guest.qmp.block_resize(&disk.node, GROWN_SIZE).unwrap();
     volumectl
@@ -157,16 +189,28 @@ fn attach_grow_detach(
         after.bytes_total
     );
     assert!(after.bytes_total <= GROWN_SIZE);
-    assert!(!after.abnormal, "condition abnormal after grow: {}", after.message);
+    assert!(
+        !after.abnormal,
+        "condition abnormal after grow: {}",
+        after.message
+    );
     // A repeat of a finished grow succeeds without changing anything.
     volumectl
         .run(&["resize", &mount_point, &GROWN_SIZE.to_string()])
         .unwrap();
-    assert_eq!(volumectl.stats(&mount_point).unwrap().bytes_total, after.bytes_total);
+    assert_eq!(
+        volumectl.stats(&mount_point).unwrap().bytes_total,
+        after.bytes_total
+    );
     assert_eq!(checksum(&mut guest.shell, &payload).unwrap(), sum);
 
-    let detached = volumectl.run(&["detach", "--container", &container]).unwrap();
-    assert!(detached.contains(&container), "unexpected detach output {detached:?}");
+    let detached = volumectl
+        .run(&["detach", "--container", &container])
+        .unwrap();
+    assert!(
+        detached.contains(&container),
+        "unexpected detach output {detached:?}"
+    );
     assert_eq!(mount_count(&mut guest.shell, &bind_target).unwrap(), 0);
     assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 0);
 
@@ -192,7 +236,14 @@ fn disk_removed_while_mounted() {
         let bind_target = format!("{rootfs}{DESTINATION}");
         let disk = Disk::create(&guest, &container, bus, fstype, DISK_SIZE).unwrap();
         let mount_point = disk
-            .attach(&mut guest, &volumectl, Plug::BeforeRequest, &container, &rootfs, DESTINATION)
+            .attach(
+                &mut guest,
+                &volumectl,
+                Plug::BeforeRequest,
+                &container,
+                &rootfs,
+                DESTINATION,
+            )
             .unwrap();
         write_payload(&mut guest.shell, &format!("{bind_target}/payload"), 1).unwrap();
         assert!(!volumectl.stats(&mount_point).unwrap().abnormal);
@@ -200,10 +251,18 @@ fn disk_removed_while_mounted() {
         // Pulled out from under the mount, as a host-side failure would.
         disk.unplug(&mut guest).unwrap();
         let stats = volumectl.stats(&mount_point).unwrap();
-        assert!(stats.abnormal, "{bus:?}: condition stayed normal after removal: {stats:?}");
-        assert!(!stats.message.is_empty(), "abnormal condition without a message");
+        assert!(
+            stats.abnormal,
+            "{bus:?}: condition stayed normal after removal: {stats:?}"
+        );
+        assert!(
+            !stats.message.is_empty(),
+            "abnormal condition without a message"
+        );
 
-        volumectl.run(&["detach", "--container", &container]).unwrap();
+        volumectl
+            .run(&["detach", "--container", &container])
+            .unwrap();
         assert_eq!(mount_count(&mut guest.shell, &bind_target).unwrap(), 0);
         assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 0);
     }
@@ -221,10 +280,23 @@ fn agent_killed_between_attach_and_detach() {
     let container = "restarted";
     let rootfs = "/run/e2e/restarted/rootfs";
     let bind_target = format!("{rootfs}{DESTINATION}");
-    let disk = Disk::create(&guest, "restart", Bus::Blk { root_port: 0 }, Fstype::Ext4, DISK_SIZE)
-        .unwrap();
+    let disk = Disk::create(
+        &guest,
+        "restart",
+        Bus::Blk { root_port: 0 },
+        Fstype::Ext4,
+        DISK_SIZE,
+    )
+    .unwrap();
     let mount_point = disk
-        .attach(&mut guest, &volumectl, Plug::BeforeRequest, container, rootfs, DESTINATION)
+        .attach(
+            &mut guest,
+            &volumectl,
+            Plug::BeforeRequest,
+            container,
+            rootfs,
+            DESTINATION,
+        )
         .unwrap();
     let sum = write_payload(&mut guest.shell, &format!("{bind_target}/payload"), 4).unwrap();
     let before = volumectl.stats(&mount_point).unwrap();
@@ -243,9 +315,14 @@ fn agent_killed_between_attach_and_detach() {
     assert_eq!(volumectl.run(&args).unwrap(), mount_point);
     assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 1);
     assert_eq!(mount_count(&mut guest.shell, &bind_target).unwrap(), 1);
-    assert_eq!(checksum(&mut guest.shell, &format!("{bind_target}/payload")).unwrap(), sum);
+    assert_eq!(
+        checksum(&mut guest.shell, &format!("{bind_target}/payload")).unwrap(),
+        sum
+    );
 
-    volumectl.run(&["detach", "--container", container]).unwrap();
+    volumectl
+        .run(&["detach", "--container", container])
+        .unwrap();
     assert_eq!(mount_count(&mut guest.shell, &bind_target).unwrap(), 0);
     assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 0);
     disk.unplug(&mut guest).unwrap();
@@ -265,7 +342,10 @@ fn wait_new_agent_pid(guest: &mut Guest, old_pid: &str, timeout: Duration) -> St
             harness::vsock::wait_for_port(&vsock, harness::vsock::AGENT_PORT, timeout).unwrap();
             return pid;
         }
-        assert!(Instant::now() < deadline, "agent not restarted within {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "agent not restarted within {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -282,12 +362,15 @@ fn wait_guest_block_device(guest: &mut Guest, prefix: &str, timeout: Duration) -
         if result.status == 0 {
             return result.output.trim().to_string();
         }
-        assert!(Instant::now() < deadline, "no /sys/block/{prefix}* after {timeout:?}");
+        assert!(
+            Instant::now() < deadline,
+            "no /sys/block/{prefix}* after {timeout:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-/// The unpadded base64url encoding the runtime uses for mount point names.
+/// Encodes `text` in unpadded base64url, as the runtime names mount points.
 fn base64_url(text: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
@@ -295,7 +378,10 @@ fn base64_url(text: &str) -> String {
 
 #[test]
 fn install_hook_dry_run_and_idempotent() {
-    let hook = concat!(env!("CARGO_MANIFEST_DIR"), "/rootfs-hooks/install-volume-agent.sh");
+    let hook = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/rootfs-hooks/install-volume-agent.sh"
+    );
     let agent = env!("CARGO_BIN_EXE_volume-agent");
     let tree = tempfile::tempdir().unwrap();
     let tree_path = tree.path().to_str().unwrap();
@@ -314,14 +400,19 @@ fn install_hook_dry_run_and_idempotent() {
     };
 
     let dry_run = run(&["--dry-run"]);
-    assert!(dry_run.contains("-> /usr/bin/volume-agent"), "dry run lists no agent: {dry_run}");
+    assert!(
+        dry_run.contains("-> /usr/bin/volume-agent"),
+        "dry run lists no agent: {dry_run}"
+    );
     assert!(dry_run.contains("write /usr/lib/systemd/system/volume-agent.service"));
     let left = std::fs::read_dir(tree.path()).unwrap().count();
     assert_eq!(left, 0, "dry run wrote into the tree");
 
     let first = run(&[]);
     assert!(first.contains("installed /usr/bin/volume-agent"), "{first}");
-    let unit_path = tree.path().join("usr/lib/systemd/system/volume-agent.service");
+    let unit_path = tree
+        .path()
+        .join("usr/lib/systemd/system/volume-agent.service");
     let unit = std::fs::read_to_string(unit_path).unwrap();
     assert!(unit.contains("Before=kata-containers.target"), "{unit}");
     assert!(unit.contains("WantedBy=kata-containers.target"), "{unit}");
@@ -332,10 +423,19 @@ fn install_hook_dry_run_and_idempotent() {
     let installed_agent = std::fs::read(tree.path().join("usr/bin/volume-agent")).unwrap();
     assert_eq!(installed_agent, std::fs::read(agent).unwrap());
     for tool in ["resize2fs", "e2fsck", "xfs_growfs"] {
-        assert!(tree.path().join("usr/sbin").join(tool).is_file(), "{tool} missing");
+        assert!(
+            tree.path().join("usr/sbin").join(tool).is_file(),
+            "{tool} missing"
+        );
     }
-    assert!(tree.path().join("lib64/ld-linux-x86-64.so.2").is_file(), "loader missing");
+    assert!(
+        tree.path().join("lib64/ld-linux-x86-64.so.2").is_file(),
+        "loader missing"
+    );
 
     let second = run(&[]);
-    assert!(second.contains("done: 0 changed"), "second run changed files: {second}");
+    assert!(
+        second.contains("done: 0 changed"),
+        "second run changed files: {second}"
+    );
 }

@@ -1,7 +1,8 @@
-//! Demo of volume-agent in a real guest: boots the test guest, hot-plugs a
-//! virtio-blk disk with ext4 and a virtio-scsi disk with xfs, attaches
-//! each to a container, writes a file through the bind, grows both disks
-//! online, shows usage before and after, detaches and shuts down.
+//! Demo of volume-agent in a real guest. It boots the test guest and
+//! hot-plugs a virtio-blk disk with ext4 and a virtio-scsi disk with xfs.
+//! It attaches each to a container, writes a file through the bind, grows
+//! both disks online and shows usage before and after. Then it detaches
+//! and shuts down.
 //!
 //! Every step checks what it claims; the exit status is 0 only if all of
 //! them passed. Run it with `rootfs-hooks/demo.sh`, which builds the agent,
@@ -67,7 +68,10 @@ fn main() -> ExitCode {
         }
         Err(_) => {
             guest.keep_logs();
-            eprintln!("demo failed; guest serial log: {}", guest.serial_log().display());
+            eprintln!(
+                "demo failed; guest serial log: {}",
+                guest.serial_log().display()
+            );
             ExitCode::FAILURE
         }
     }
@@ -90,20 +94,40 @@ fn run(guest: &mut Guest) -> Result<()> {
     let volumectl = Volumectl::new(&guest.agent_address());
     step("check the agent over hybrid vsock", || {
         let output = volumectl.run(&["check"])?;
-        ensure!(output.contains("SERVING"), "volumectl check printed {output:?}");
+        ensure!(
+            output.contains("SERVING"),
+            "volumectl check printed {output:?}"
+        );
         println!("    {output}");
         Ok(())
     })?;
 
     let mut volumes = Vec::new();
     for (label, bus, fstype, size, plug) in [
-        ("virtio-blk ext4", Bus::Blk { root_port: 0 }, Fstype::Ext4, 256 * MIB, Plug::BeforeRequest),
-        ("virtio-scsi xfs", Bus::Scsi { lun: 1 }, Fstype::Xfs, 320 * MIB, Plug::AfterRequest),
+        (
+            "virtio-blk ext4",
+            Bus::Blk { root_port: 0 },
+            Fstype::Ext4,
+            256 * MIB,
+            Plug::BeforeRequest,
+        ),
+        (
+            "virtio-scsi xfs",
+            Bus::Scsi { lun: 1 },
+            Fstype::Xfs,
+            320 * MIB,
+            Plug::AfterRequest,
+        ),
     ] {
-        let name = if matches!(bus, Bus::Blk { .. }) { "blk" } else { "scsi" };
-        let disk = step(&format!("create a {} MiB {label} disk image", size / MIB), || {
-            Disk::create(guest, name, bus, fstype, size)
-        })?;
+        let name = if matches!(bus, Bus::Blk { .. }) {
+            "blk"
+        } else {
+            "scsi"
+        };
+        let disk = step(
+            &format!("create a {} MiB {label} disk image", size / MIB),
+            || Disk::create(guest, name, bus, fstype, size),
+        )?;
         volumes.push(Volume {
             label,
             disk,
@@ -142,7 +166,10 @@ fn run(guest: &mut Guest) -> Result<()> {
                 "{} is not mounted in the guest",
                 volume.bind_target()
             );
-            println!("    mounted at {mount_point}, bound to {}", volume.bind_target());
+            println!(
+                "    mounted at {mount_point}, bound to {}",
+                volume.bind_target()
+            );
             Ok(mount_point)
         })?;
         volume.mount_point = mount_point;
@@ -166,39 +193,61 @@ fn run(guest: &mut Guest) -> Result<()> {
             volume.grown_size / MIB
         );
         step(&what, || {
-            guest.qmp.block_resize(&volume.disk.node, volume.grown_size)?;
-            volumectl.run(&["resize", &volume.mount_point, &volume.grown_size.to_string()])?;
+            guest
+                .qmp
+                .block_resize(&volume.disk.node, volume.grown_size)?;
+            volumectl.run(&[
+                "resize",
+                &volume.mount_point,
+                &volume.grown_size.to_string(),
+            ])?;
             Ok(())
         })?;
-        step(&format!("stats of the {} volume after the grow", volume.label), || {
-            let after = stats(&volumectl, &volume.bind_target())?;
-            let growth = volume.grown_size - volume.size;
-            ensure!(
-                after.bytes_total >= before.bytes_total + growth * 9 / 10,
-                "filesystem grew from {} to only {} bytes",
-                before.bytes_total,
-                after.bytes_total
-            );
-            Ok(())
-        })?;
-        step(&format!("checksum the {} payload again", volume.label), || {
-            let payload = format!("{}/payload", volume.bind_target());
-            let sum = checksum(&mut guest.shell, &payload)?;
-            ensure!(sum == volume.checksum, "checksum changed: {} -> {sum}", volume.checksum);
-            println!("    unchanged");
-            Ok(())
-        })?;
+        step(
+            &format!("stats of the {} volume after the grow", volume.label),
+            || {
+                let after = stats(&volumectl, &volume.bind_target())?;
+                let growth = volume.grown_size - volume.size;
+                ensure!(
+                    after.bytes_total >= before.bytes_total + growth * 9 / 10,
+                    "filesystem grew from {} to only {} bytes",
+                    before.bytes_total,
+                    after.bytes_total
+                );
+                Ok(())
+            },
+        )?;
+        step(
+            &format!("checksum the {} payload again", volume.label),
+            || {
+                let payload = format!("{}/payload", volume.bind_target());
+                let sum = checksum(&mut guest.shell, &payload)?;
+                ensure!(
+                    sum == volume.checksum,
+                    "checksum changed: {} -> {sum}",
+                    volume.checksum
+                );
+                println!("    unchanged");
+                Ok(())
+            },
+        )?;
     }
 
     for volume in &volumes {
-        step(&format!("detach container {} and unplug its disk", volume.container), || {
-            volumectl.run(&["detach", "--container", &volume.container])?;
-            for path in [volume.bind_target(), volume.mount_point.clone()] {
-                let count = mount_count(&mut guest.shell, &path)?;
-                ensure!(count == 0, "{path} still mounted {count} times after detach");
-            }
-            volume.disk.unplug(guest)
-        })?;
+        step(
+            &format!("detach container {} and unplug its disk", volume.container),
+            || {
+                volumectl.run(&["detach", "--container", &volume.container])?;
+                for path in [volume.bind_target(), volume.mount_point.clone()] {
+                    let count = mount_count(&mut guest.shell, &path)?;
+                    ensure!(
+                        count == 0,
+                        "{path} still mounted {count} times after detach"
+                    );
+                }
+                volume.disk.unplug(guest)
+            },
+        )?;
     }
 
     step("shut the guest down", || guest.shutdown())?;

@@ -37,7 +37,9 @@ impl GuestImage {
             }
         }
         let release = std::fs::read_to_string(dir.join("kernel-version")).unwrap_or_default();
-        let kernel_size = std::fs::metadata(&kernel).map(|meta| meta.len()).unwrap_or(0);
+        let kernel_size = std::fs::metadata(&kernel)
+            .map(|meta| meta.len())
+            .unwrap_or(0);
         let kernel_key = format!("{}/{kernel_size}", release.trim());
         Ok(GuestImage {
             dir,
@@ -56,7 +58,7 @@ pub enum Fstype {
 }
 
 impl Fstype {
-    /// The name used in `Storage.fstype` and by mount(8).
+    /// Returns the name used in `Storage.fstype` and by mount(8).
     pub fn name(self) -> &'static str {
         match self {
             Fstype::Ext4 => "ext4",

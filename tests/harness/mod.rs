@@ -1,7 +1,7 @@
-//! Test harness for the agent in a real guest: builds nothing, but boots
-//! the image from `rootfs-hooks/build-test-guest.sh` in QEMU, hot-plugs
-//! disks over QMP, runs guest commands over a serial shell, and drives the
-//! agent with the real `volumectl` over hybrid vsock.
+//! Test harness for the agent in a real guest. It boots the image that
+//! `rootfs-hooks/build-test-guest.sh` built in QEMU and hot-plugs disks over
+//! QMP. It runs guest commands over a serial shell and drives the agent
+//! with the real `volumectl` over hybrid vsock.
 //!
 //! Shared by `tests/guest_e2e.rs` and the demo example.
 

@@ -137,9 +137,18 @@ impl Guest {
         };
         let result = (|| -> Result<(Qmp, GuestShell)> {
             let qmp = Qmp::connect(&path.join("qmp.sock"), Duration::from_secs(30))?;
-            wait_for_line(&path.join("serial.log"), READY_LINE, BOOT_TIMEOUT, &mut qemu)?;
+            wait_for_line(
+                &path.join("serial.log"),
+                READY_LINE,
+                BOOT_TIMEOUT,
+                &mut qemu,
+            )?;
             let shell = GuestShell::connect(&path.join("shell.sock"), Duration::from_secs(60))?;
-            vsock::wait_for_port(&path.join("vm.vsock"), vsock::AGENT_PORT, Duration::from_secs(60))?;
+            vsock::wait_for_port(
+                &path.join("vm.vsock"),
+                vsock::AGENT_PORT,
+                Duration::from_secs(60),
+            )?;
             Ok((qmp, shell))
         })();
         let (qmp, shell) = match result {
@@ -164,25 +173,29 @@ impl Guest {
 
     /// Working directory: sockets, logs, and the place for disk images.
     pub fn dir(&self) -> &Path {
-        self.dir.as_ref().expect("directory present until drop").path()
+        self.dir
+            .as_ref()
+            .expect("directory present until drop")
+            .path()
     }
 
-    /// The hybrid vsock unix socket of vhost-device-vsock.
+    /// Returns the path of the hybrid vsock unix socket of vhost-device-vsock.
     pub fn vsock_path(&self) -> PathBuf {
         self.dir().join("vm.vsock")
     }
 
-    /// `volumectl --address` of the agent in this guest.
+    /// Returns the `volumectl --address` of the agent in this guest.
     pub fn agent_address(&self) -> String {
         vsock::hvsock_address(&self.vsock_path(), vsock::AGENT_PORT)
     }
 
-    /// The guest's serial console log (kernel messages and agent log).
+    /// Returns the path of the guest's serial console log (kernel messages
+    /// and the agent's log).
     pub fn serial_log(&self) -> PathBuf {
         self.dir().join("serial.log")
     }
 
-    /// PCI path of a virtio-blk disk plugged into root port `rpN`.
+    /// Returns the PCI path of a virtio-blk disk plugged into root port `rpN`.
     pub fn blk_pci_path(root_port: u8) -> String {
         format!("{:02x}/00", FIRST_ROOT_PORT_SLOT + root_port)
     }
@@ -195,7 +208,7 @@ impl Guest {
 
     /// Stops QEMU (QMP quit, then SIGKILL if it lingers) and
     /// vhost-device-vsock, so that disk images in [`Guest::dir`] can be
-    /// checked; the directory lives until the guest is dropped.
+    /// checked. The directory lives until the guest is dropped.
     pub fn shutdown(&mut self) -> Result<()> {
         let quit = self.qmp.quit();
         let exited = wait_exit(&mut self.qemu, Duration::from_secs(10));
@@ -222,13 +235,15 @@ impl Drop for Guest {
     }
 }
 
-/// Kills a child on drop unless taken out; for processes started during
-/// boot, before the [`Guest`] that owns them exists.
+/// Kills a child on drop unless it was taken out. It covers processes
+/// started during boot, before the [`Guest`] that owns them exists.
 struct ChildGuard(Option<Child>);
 
 impl ChildGuard {
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.0.as_mut().and_then(|child| child.try_wait().ok().flatten())
+        self.0
+            .as_mut()
+            .and_then(|child| child.try_wait().ok().flatten())
     }
 }
 
@@ -260,9 +275,15 @@ fn wait_exit(child: &mut Child, timeout: Duration) -> bool {
 }
 
 fn remove_disk_images(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
-        if entry.path().extension().is_some_and(|extension| extension == "img") {
+        if entry
+            .path()
+            .extension()
+            .is_some_and(|extension| extension == "img")
+        {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -286,7 +307,10 @@ fn wait_for_file(path: &Path, timeout: Duration, owner: &mut ChildGuard) -> Resu
     let deadline = Instant::now() + timeout;
     while !path.exists() {
         if let Some(status) = owner.exited() {
-            bail!("process exited with {status} before creating {}", path.display());
+            bail!(
+                "process exited with {status} before creating {}",
+                path.display()
+            );
         }
         if Instant::now() >= deadline {
             bail!("{} not created within {timeout:?}", path.display());
@@ -312,8 +336,9 @@ fn wait_for_line(log: &Path, line: &str, timeout: Duration, qemu: &mut ChildGuar
     }
 }
 
-/// The QEMU command line. `with_devices` adds the hot-plug slots, the SCSI
-/// controller, QMP, the shell and the vsock; the KVM probe boots without.
+/// Builds the QEMU command line. `with_devices` adds the hot-plug slots,
+/// the SCSI controller, QMP, the shell and the vsock, which the KVM probe
+/// boot does without.
 fn qemu_command(
     prerequisites: &Prerequisites,
     dir: &Path,
@@ -325,14 +350,25 @@ fn qemu_command(
     command
         .args(["-machine", &format!("q35,accel={accel},memory-backend=mem")])
         .args(["-object", "memory-backend-memfd,id=mem,size=1G,share=on"])
-        .args(["-m", "1G", "-smp", "2", "-nographic", "-nodefaults", "-no-reboot"])
+        .args([
+            "-m",
+            "1G",
+            "-smp",
+            "2",
+            "-nographic",
+            "-nodefaults",
+            "-no-reboot",
+        ])
         .arg("-kernel")
         .arg(&image.kernel)
         .arg("-initrd")
         .arg(&image.initramfs)
         .args(["-append", "console=ttyS0 panic=-1 quiet"])
         .arg("-chardev")
-        .arg(format!("file,id=console,path={}", dir.join("serial.log").display()))
+        .arg(format!(
+            "file,id=console,path={}",
+            dir.join("serial.log").display()
+        ))
         .args(["-serial", "chardev:console"]);
     if !with_devices {
         return command;
@@ -345,7 +381,10 @@ fn qemu_command(
         ))
         .args(["-serial", "chardev:shell"])
         .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()));
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            dir.join("qmp.sock").display()
+        ));
     for index in 0..ROOT_PORTS {
         command.args([
             "-device",
@@ -362,7 +401,10 @@ fn qemu_command(
             &format!("virtio-scsi-pci,id=scsi0,bus=pcie.0,addr={SCSI_CONTROLLER_SLOT:#x}"),
         ])
         .arg("-chardev")
-        .arg(format!("socket,id=vsock,path={}", dir.join("vhost.sock").display()))
+        .arg(format!(
+            "socket,id=vsock,path={}",
+            dir.join("vhost.sock").display()
+        ))
         .args([
             "-device",
             &format!("vhost-user-vsock-pci,chardev=vsock,bus=pcie.0,addr={VSOCK_SLOT:#x}"),
@@ -399,9 +441,16 @@ fn select_accel(prerequisites: &Prerequisites) -> &'static str {
             }
         }
     }
-    let verdict = if probe_kvm(prerequisites) { "kvm" } else { "tcg" };
+    let verdict = if probe_kvm(prerequisites) {
+        "kvm"
+    } else {
+        "tcg"
+    };
     let _ = std::fs::write(&cache, format!("{} {verdict}\n", image.kernel_key));
-    eprintln!("KVM probe boot: using {verdict} (cached in {})", cache.display());
+    eprintln!(
+        "KVM probe boot: using {verdict} (cached in {})",
+        cache.display()
+    );
     verdict
 }
 
@@ -409,7 +458,10 @@ fn select_accel(prerequisites: &Prerequisites) -> &'static str {
 /// reached init. On hosts whose KVM cannot run this kernel, QEMU starts
 /// and the guest dies partway through boot.
 fn probe_kvm(prerequisites: &Prerequisites) -> bool {
-    let Ok(dir) = tempfile::Builder::new().prefix("volume-agent-kvm-probe-").tempdir() else {
+    let Ok(dir) = tempfile::Builder::new()
+        .prefix("volume-agent-kvm-probe-")
+        .tempdir()
+    else {
         return false;
     };
     let Ok(child) = qemu_command(prerequisites, dir.path(), "kvm", false)

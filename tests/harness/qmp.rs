@@ -96,8 +96,8 @@ impl Qmp {
         timeout: Duration,
         matches: impl Fn(&Value) -> bool,
     ) -> Result<Value> {
-        let is_wanted = |event: &Value| event["event"] == name && matches(&event["data"]);
-        if let Some(index) = self.events.iter().position(is_wanted) {
+        let is_match = |event: &Value| event["event"] == name && matches(&event["data"]);
+        if let Some(index) = self.events.iter().position(is_match) {
             return Ok(self.events.remove(index).expect("index from position"));
         }
         let deadline = Instant::now() + timeout;
@@ -108,9 +108,11 @@ impl Qmp {
             }
             self.reader.get_ref().set_read_timeout(Some(remaining))?;
             let message = self.read_message();
-            self.reader.get_ref().set_read_timeout(Some(COMMAND_TIMEOUT))?;
+            self.reader
+                .get_ref()
+                .set_read_timeout(Some(COMMAND_TIMEOUT))?;
             let message = message.map_err(|error| anyhow!("waiting for {name}: {error:#}"))?;
-            if is_wanted(&message) {
+            if is_match(&message) {
                 return Ok(message);
             }
             if message.get("event").is_some() {
@@ -137,7 +139,10 @@ impl Qmp {
     /// it must be gone first.
     pub fn blockdev_del_raw(&mut self, node: &str) -> Result<()> {
         self.execute("blockdev-del", json!({ "node-name": node }))?;
-        self.execute("blockdev-del", json!({ "node-name": format!("{node}-file") }))?;
+        self.execute(
+            "blockdev-del",
+            json!({ "node-name": format!("{node}-file") }),
+        )?;
         Ok(())
     }
 

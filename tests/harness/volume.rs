@@ -92,14 +92,24 @@ impl Disk {
         guest.qmp.blockdev_del_raw(&self.node)
     }
 
-    /// The `volumectl attach` arguments that mount this disk for container
+    /// Returns the `volumectl attach` arguments that mount this disk for container
     /// `container` and bind it to `destination` in `rootfs`.
     pub fn attach_args(&self, container: &str, rootfs: &str, destination: &str) -> Vec<String> {
         let fstype = self.image.fstype.name();
         [
-            "attach", "--driver", self.bus.driver(), "--source", &self.bus.source(),
-            "--fstype", fstype, "--container", container, "--rootfs", rootfs,
-            "--mount", destination,
+            "attach",
+            "--driver",
+            self.bus.driver(),
+            "--source",
+            &self.bus.source(),
+            "--fstype",
+            fstype,
+            "--container",
+            container,
+            "--rootfs",
+            rootfs,
+            "--mount",
+            destination,
         ]
         .iter()
         .map(|arg| arg.to_string())
@@ -108,7 +118,7 @@ impl Disk {
 
     /// Attaches the disk to `container` with its rootfs at `rootfs` (created
     /// in the guest first) and bind destination `destination`, plugging it
-    /// before or after the request as `plug` says. Returns the mount point.
+    /// before or after the request as `plug` selects. Returns the mount point.
     pub fn attach(
         &self,
         guest: &mut Guest,

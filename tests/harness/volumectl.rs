@@ -46,7 +46,7 @@ impl Volumectl {
         }
     }
 
-    /// A command with the address and timeout set, followed by `args`.
+    /// Builds a command with the address and timeout set, followed by `args`.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         command
@@ -132,6 +132,9 @@ fn parse_stats(text: &str) -> Result<VolumeStats> {
         abnormal: condition["abnormal"]
             .as_bool()
             .context("condition.abnormal missing")?,
-        message: condition["message"].as_str().unwrap_or_default().to_string(),
+        message: condition["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string(),
     })
 }

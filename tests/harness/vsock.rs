@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 /// Guest vsock port the agent serves on (the `--listen` of the image's init).
 pub const AGENT_PORT: u32 = 1024;
 
-/// The `volumectl --address` for guest `port` behind the hybrid vsock
+/// Returns the `volumectl --address` for guest `port` behind the hybrid vsock
 /// socket `uds`.
 pub fn hvsock_address(uds: &Path, port: u32) -> String {
     format!("hvsock://{}:{port}", uds.display())
@@ -38,11 +38,17 @@ pub fn connect(uds: &Path, port: u32) -> Result<UnixStream> {
             Err(error) => return Err(error).context(format!("reading CONNECT {port} reply")),
         }
         if reply.len() > 64 {
-            bail!("CONNECT {port} reply too long: {:?}", String::from_utf8_lossy(&reply));
+            bail!(
+                "CONNECT {port} reply too long: {:?}",
+                String::from_utf8_lossy(&reply)
+            );
         }
     }
     if !reply.starts_with(b"OK ") {
-        bail!("CONNECT {port} rejected: {:?}", String::from_utf8_lossy(&reply));
+        bail!(
+            "CONNECT {port} rejected: {:?}",
+            String::from_utf8_lossy(&reply)
+        );
     }
     stream.set_read_timeout(None)?;
     Ok(stream)
