@@ -101,7 +101,9 @@ impl Guest {
         let accel = select_accel(prerequisites);
 
         let vhost_socket = path.join("vhost.sock");
-        let vhost = Command::new(&prerequisites.vhost_device_vsock)
+        let mut vhost_command = Command::new(&prerequisites.vhost_device_vsock);
+        kill_with_parent(&mut vhost_command);
+        let vhost = vhost_command
             .arg("--vm")
             .arg(format!(
                 "guest-cid={GUEST_CID},socket={},uds-path={}",
@@ -255,6 +257,22 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Makes the kernel send SIGKILL to the child when the thread that spawns
+/// it exits, so that a test process killed outright (timeout, Ctrl-C)
+/// leaves no QEMU behind. Drop handles every other exit.
+fn kill_with_parent(command: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2), which is async-signal-safe; it touches no memory
+    // shared with the parent.
+    unsafe {
+        command.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+}
+
 /// Sends SIGKILL to `child` (by its PID) and reaps it.
 fn stop(child: &mut Child) {
     if let Ok(None) = child.try_wait() {
@@ -347,6 +365,7 @@ fn qemu_command(
 ) -> Command {
     let image = &prerequisites.image;
     let mut command = Command::new(&prerequisites.qemu);
+    kill_with_parent(&mut command);
     command
         .args(["-machine", &format!("q35,accel={accel},memory-backend=mem")])
         .args(["-object", "memory-backend-memfd,id=mem,size=1G,share=on"])
