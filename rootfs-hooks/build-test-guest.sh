@@ -179,14 +179,16 @@ EOF
 chmod 755 "$root/init"
 
 # The test shell runs one command a line from ttyS1, each in its own
-# subshell, so a failing command cannot end the loop. It reads the tty
-# itself: a `cat | sh` pipeline stalled in pipe_read under TCG.
+# subshell, so a failing command cannot end the loop. Commands read
+# /dev/null, so one that reads stdin cannot swallow the next lines. The
+# loop reads the tty itself because a `cat | sh` pipeline stalled in
+# pipe_read under TCG.
 cat >"$root/usr/bin/test-shell" <<'EOF'
 #!/bin/sh
 exec </dev/ttyS1 >/dev/ttyS1 2>&1
 stty raw -echo
 while IFS= read -r line; do
-    (eval "$line")
+    (eval "$line") </dev/null
 done
 EOF
 chmod 755 "$root/usr/bin/test-shell"
