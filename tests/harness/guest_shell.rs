@@ -127,3 +127,33 @@ impl GuestShell {
         Some(ShellOutput { output, status })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shell_with_pending(bytes: &[u8]) -> GuestShell {
+        let (stream, _peer) = UnixStream::pair().unwrap();
+        GuestShell {
+            stream,
+            pending: bytes.to_vec(),
+            next_marker: 0,
+        }
+    }
+
+    #[test]
+    fn take_result_splits_output_at_marker() {
+        let mut shell = shell_with_pending(b"a\nb\n__end_1__ 3\nrest");
+        let result = shell.take_result("__end_1__").unwrap();
+        assert_eq!(result.output, "a\nb\n");
+        assert_eq!(result.status, 3);
+        assert_eq!(shell.pending, b"rest");
+    }
+
+    #[test]
+    fn take_result_waits_for_whole_marker_line() {
+        let mut shell = shell_with_pending(b"out\n__end_1__ 0");
+        assert!(shell.take_result("__end_1__").is_none());
+        assert!(shell.take_result("__end_2__").is_none());
+    }
+}

@@ -138,3 +138,31 @@ fn parse_stats(text: &str) -> Result<VolumeStats> {
             .to_string(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_stats_reads_usage_and_condition() {
+        let text = r#"{"usage":[
+            {"unit":"BYTES","total":1000,"used":300,"available":600},
+            {"unit":"INODES","total":64,"used":12,"available":52}],
+            "volume_condition":{"abnormal":true,"message":"device removed"}}"#;
+        let stats = parse_stats(text).unwrap();
+        assert_eq!(stats.bytes_total, 1000);
+        assert_eq!(stats.bytes_used, 300);
+        assert_eq!(stats.bytes_available, 600);
+        assert_eq!(stats.inodes_total, 64);
+        assert_eq!(stats.inodes_used, 12);
+        assert!(stats.abnormal);
+        assert_eq!(stats.message, "device removed");
+    }
+
+    #[test]
+    fn parse_stats_rejects_missing_inodes() {
+        let text = r#"{"usage":[{"unit":"BYTES","total":1,"used":0,"available":1}],
+            "volume_condition":{"abnormal":false,"message":"OK"}}"#;
+        assert!(parse_stats(text).is_err());
+    }
+}
