@@ -21,6 +21,8 @@ const DISK_SIZE: u64 = 320 * MIB;
 const GROWN_SIZE: u64 = 512 * MIB;
 /// Bind destination of the volume inside each container rootfs.
 const DESTINATION: &str = "/data";
+/// A second, read-only bind of the same volume in the matrix cases.
+const READ_ONLY_DESTINATION: &str = "/data-ro";
 
 #[test]
 fn guest_boots_and_sees_hotplug() {
@@ -137,10 +139,13 @@ fn attach_grow_detach(
     let container = format!("container-{index}");
     let rootfs = format!("/run/e2e/{container}/rootfs");
     let bind_target = format!("{rootfs}{DESTINATION}");
+    let read_only_target = format!("{rootfs}{READ_ONLY_DESTINATION}");
     let disk = Disk::create(guest, &name, bus, fstype, DISK_SIZE).unwrap();
 
+    let read_only_mount = format!("{READ_ONLY_DESTINATION}:ro");
+    let mounts = [DESTINATION, read_only_mount.as_str()];
     let mount_point = disk
-        .attach(guest, volumectl, plug, &container, &rootfs, DESTINATION)
+        .attach(guest, volumectl, plug, &container, &rootfs, &mounts)
         .unwrap();
     let expected_mount_point = format!(
         "/run/kata-containers/sandbox/storage/{}",
@@ -149,6 +154,7 @@ fn attach_grow_detach(
     assert_eq!(mount_point, expected_mount_point);
     assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 1);
     assert_eq!(mount_count(&mut guest.shell, &bind_target).unwrap(), 1);
+    assert_eq!(mount_count(&mut guest.shell, &read_only_target).unwrap(), 1);
 
     let payload = format!("{bind_target}/payload");
     let sum = write_payload(&mut guest.shell, &payload, 8).unwrap();
@@ -156,6 +162,18 @@ fn attach_grow_detach(
     assert_eq!(
         through_mount, sum,
         "file differs between bind target and mount point"
+    );
+    let through_read_only = checksum(&mut guest.shell, &format!("{read_only_target}/payload"));
+    assert_eq!(through_read_only.unwrap(), sum);
+    let write_read_only = guest
+        .shell
+        .run(&format!("touch {read_only_target}/denied"))
+        .unwrap();
+    assert_ne!(write_read_only.status, 0, "read-only bind accepted a write");
+    assert!(
+        write_read_only.output.contains("Read-only file system"),
+        "unexpected error writing to the read-only bind: {}",
+        write_read_only.output
     );
 
     let before = volumectl.stats(&mount_point).unwrap();
@@ -212,6 +230,7 @@ fn attach_grow_detach(
         "unexpected detach output {detached:?}"
     );
     assert_eq!(mount_count(&mut guest.shell, &bind_target).unwrap(), 0);
+    assert_eq!(mount_count(&mut guest.shell, &read_only_target).unwrap(), 0);
     assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 0);
 
     disk.unplug(guest).unwrap();
@@ -242,7 +261,7 @@ fn disk_removed_while_mounted() {
                 Plug::BeforeRequest,
                 &container,
                 &rootfs,
-                DESTINATION,
+                &[DESTINATION],
             )
             .unwrap();
         write_payload(&mut guest.shell, &format!("{bind_target}/payload"), 1).unwrap();
@@ -295,7 +314,7 @@ fn agent_killed_between_attach_and_detach() {
             Plug::BeforeRequest,
             container,
             rootfs,
-            DESTINATION,
+            &[DESTINATION],
         )
         .unwrap();
     let sum = write_payload(&mut guest.shell, &format!("{bind_target}/payload"), 4).unwrap();
@@ -310,7 +329,7 @@ fn agent_killed_between_attach_and_detach() {
     // succeeds without mounting twice, and detach removes everything.
     let after = volumectl.stats(&bind_target).unwrap();
     assert_eq!(after.bytes_total, before.bytes_total);
-    let args = disk.attach_args(container, rootfs, DESTINATION);
+    let args = disk.attach_args(container, rootfs, &[DESTINATION]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_eq!(volumectl.run(&args).unwrap(), mount_point);
     assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 1);

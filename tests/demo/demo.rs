@@ -157,7 +157,7 @@ fn run(guest: &mut Guest) -> Result<()> {
                 volume.plug,
                 &volume.container,
                 &volume.rootfs,
-                "/data",
+                &["/data"],
             )?;
             ensure!(
                 mount_count(&mut guest.shell, &volume.bind_target())? == 1,

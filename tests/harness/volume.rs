@@ -92,33 +92,36 @@ impl Disk {
         guest.qmp.blockdev_del_raw(&self.node)
     }
 
-    /// Returns the `volumectl attach` arguments that mount this disk for container
-    /// `container` and bind it to `destination` in `rootfs`.
-    pub fn attach_args(&self, container: &str, rootfs: &str, destination: &str) -> Vec<String> {
-        let fstype = self.image.fstype.name();
-        [
+    /// Returns the `volumectl attach` arguments that mount this disk for
+    /// container `container` and bind it into `rootfs` once per entry of
+    /// `mounts` (`DEST` or `DEST:ro`).
+    pub fn attach_args(&self, container: &str, rootfs: &str, mounts: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
             "attach",
             "--driver",
             self.bus.driver(),
             "--source",
             &self.bus.source(),
             "--fstype",
-            fstype,
+            self.image.fstype.name(),
             "--container",
             container,
             "--rootfs",
             rootfs,
-            "--mount",
-            destination,
         ]
         .iter()
         .map(|arg| arg.to_string())
-        .collect()
+        .collect();
+        for mount in mounts {
+            args.push("--mount".to_string());
+            args.push(mount.to_string());
+        }
+        args
     }
 
     /// Attaches the disk to `container` with its rootfs at `rootfs` (created
-    /// in the guest first) and bind destination `destination`, plugging it
-    /// before or after the request as `plug` selects. Returns the mount point.
+    /// in the guest first) and the binds in `mounts`, plugging it before or
+    /// after the request as `plug` selects. Returns the mount point.
     pub fn attach(
         &self,
         guest: &mut Guest,
@@ -126,10 +129,10 @@ impl Disk {
         plug: Plug,
         container: &str,
         rootfs: &str,
-        destination: &str,
+        mounts: &[&str],
     ) -> Result<String> {
         guest.shell.run_ok(&format!("mkdir -p {rootfs}"))?;
-        let args = self.attach_args(container, rootfs, destination);
+        let args = self.attach_args(container, rootfs, mounts);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let output = match plug {
             Plug::BeforeRequest => {
