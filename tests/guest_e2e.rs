@@ -349,6 +349,57 @@ fn agent_killed_between_attach_and_detach() {
     disk.image.check_filesystem().unwrap();
 }
 
+#[test]
+fn sandbox_storage_attach_detach() {
+    let test = "sandbox_storage_attach_detach";
+    let Some(prerequisites) = harness::require_guest(test) else {
+        return;
+    };
+    let mut guest = Guest::boot(&prerequisites, test).expect("booting the guest");
+    let volumectl = Volumectl::new(&guest.agent_address());
+    let bus = Bus::Scsi { lun: 2 };
+    let disk = Disk::create(&guest, "sandbox", bus, Fstype::Xfs, DISK_SIZE).unwrap();
+    disk.plug(&mut guest).unwrap();
+
+    let source = bus.source();
+    let attach = [
+        "attach",
+        "--driver",
+        "scsi",
+        "--source",
+        &source,
+        "--fstype",
+        "xfs",
+        "--sandbox",
+    ];
+    let mount_point = volumectl.run(&attach).unwrap();
+    assert_eq!(
+        mount_point,
+        format!(
+            "/run/kata-containers/sandbox/storage/{}",
+            base64_url(&source)
+        )
+    );
+    assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 1);
+    let sum = write_payload(&mut guest.shell, &format!("{mount_point}/payload"), 2).unwrap();
+    let stats = volumectl.stats(&mount_point).unwrap();
+    assert!(!stats.abnormal, "condition abnormal: {}", stats.message);
+    assert!(
+        stats.bytes_used >= 2 * MIB,
+        "payload not counted: {stats:?}"
+    );
+    assert_eq!(
+        checksum(&mut guest.shell, &format!("{mount_point}/payload")).unwrap(),
+        sum
+    );
+
+    volumectl.run(&["detach", "--sandbox"]).unwrap();
+    assert_eq!(mount_count(&mut guest.shell, &mount_point).unwrap(), 0);
+    disk.unplug(&mut guest).unwrap();
+    guest.shutdown().unwrap();
+    disk.image.check_filesystem().unwrap();
+}
+
 /// Polls until the supervisor has started an agent with a PID other than
 /// `old_pid` that accepts vsock connections, and returns the new PID.
 fn wait_new_agent_pid(guest: &mut Guest, old_pid: &str, timeout: Duration) -> String {
