@@ -46,7 +46,10 @@ impl GuestShell {
         loop {
             match shell.run_with_timeout("true", Duration::from_secs(2)) {
                 Ok(result) if result.status == 0 => return Ok(shell),
-                Ok(_) | Err(_) if Instant::now() < deadline => continue,
+                // A closed connection fails at once, so pause between tries.
+                Ok(_) | Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(100))
+                }
                 Ok(result) => bail!("guest shell probe failed: {result:?}"),
                 Err(error) => {
                     return Err(error).context(format!("guest shell did not answer in {timeout:?}"))
