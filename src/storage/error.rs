@@ -50,6 +50,14 @@ pub enum StorageError {
         mounted: String,
         requested: String,
     },
+    #[error(
+        "mount point {mount_point} lies inside or over the mount at {other}; \
+         choose a mount point outside it or remove that storage first"
+    )]
+    NestedMountPoint {
+        mount_point: PathBuf,
+        other: PathBuf,
+    },
     #[error("creating mount point {path} failed")]
     CreateMountPoint {
         path: PathBuf,
@@ -144,9 +152,9 @@ impl StorageError {
             StorageError::Invalid { .. } | StorageError::UnsupportedFilesystem { .. } => {
                 Code::INVALID_ARGUMENT
             }
-            StorageError::FilesystemMismatch { .. } | StorageError::DeviceConflict { .. } => {
-                Code::FAILED_PRECONDITION
-            }
+            StorageError::FilesystemMismatch { .. }
+            | StorageError::DeviceConflict { .. }
+            | StorageError::NestedMountPoint { .. } => Code::FAILED_PRECONDITION,
             StorageError::Resolve { error, .. } => {
                 match Errno::from_raw(error.raw_os_error().unwrap_or(0)) {
                     Errno::ENOENT => Code::NOT_FOUND,

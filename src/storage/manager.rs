@@ -137,6 +137,14 @@ impl StorageManager {
             self.adopt_mount(owner, request, &device, entry)?;
             return Ok(Addition::Referenced(mount_point.clone()));
         }
+        // NOTE: two concurrent requests for nested mount points hold different
+        // locks, so both can pass this check before either mounts.
+        if let Some(entry) = find_nested_mount(&entries, &self.config.root, mount_point) {
+            return Err(StorageError::NestedMountPoint {
+                mount_point: mount_point.clone(),
+                other: entry.mount_point.clone(),
+            });
+        }
 
         if !request.is_raw_block() {
             probe::check_superblock(&device.dev_path, &request.fstype)?;
@@ -479,6 +487,23 @@ fn device_conflict(mount_point: &Path, mounted: String, requested: &BlockDevice)
             requested.minor
         ),
     }
+}
+
+/// Finds a mount below `root` that lies inside `mount_point` or contains it.
+/// Mounting there would write a directory into another volume, or hide a
+/// mount so that it could no longer be unmounted by its path.
+fn find_nested_mount<'a>(
+    entries: &'a [MountEntry],
+    root: &Path,
+    mount_point: &Path,
+) -> Option<&'a MountEntry> {
+    entries.iter().find(|entry| {
+        let other = &entry.mount_point;
+        other != root
+            && other != mount_point
+            && other.starts_with(root)
+            && (other.starts_with(mount_point) || mount_point.starts_with(other))
+    })
 }
 
 /// Returns the device number behind a mount: the filesystem's, or for a raw
