@@ -136,6 +136,18 @@ async fn invalid_storages_change_nothing() {
             "nosuchfs",
         ),
         (
+            "tmpfs fstype",
+            with(|s| s.fstype = "tmpfs".into()),
+            Code::INVALID_ARGUMENT,
+            "nodev",
+        ),
+        (
+            "proc fstype",
+            with(|s| s.fstype = "proc".into()),
+            Code::INVALID_ARGUMENT,
+            "nodev",
+        ),
+        (
             "fstype with comma",
             with(|s| s.fstype = "ext4,ro".into()),
             Code::INVALID_ARGUMENT,

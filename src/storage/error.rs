@@ -21,6 +21,11 @@ pub enum StorageError {
          and no fs-{fstype} module); supported block filesystems: {supported}"
     )]
     UnsupportedFilesystem { fstype: String, supported: String },
+    #[error(
+        "filesystem type {fstype:?} does not mount a block device (the kernel lists it as \
+         nodev); use a block filesystem: {supported}"
+    )]
+    NodevFilesystem { fstype: String, supported: String },
     #[error("reading /proc/filesystems failed")]
     ReadKernelFilesystems {
         #[source]
@@ -149,9 +154,9 @@ impl StorageError {
         use ttrpc::Code;
         match self {
             StorageError::Device(error) => error.code(),
-            StorageError::Invalid { .. } | StorageError::UnsupportedFilesystem { .. } => {
-                Code::INVALID_ARGUMENT
-            }
+            StorageError::Invalid { .. }
+            | StorageError::UnsupportedFilesystem { .. }
+            | StorageError::NodevFilesystem { .. } => Code::INVALID_ARGUMENT,
             StorageError::FilesystemMismatch { .. }
             | StorageError::DeviceConflict { .. }
             | StorageError::NestedMountPoint { .. } => Code::FAILED_PRECONDITION,
