@@ -87,7 +87,7 @@ async fn serve(config: Config, logger: slog::Logger) -> anyhow::Result<()> {
         default_timeout: config.device_timeout,
     });
 
-    let listener = rpc::bind(&config.listen)?;
+    let listener = rpc::bind(&config.listen, &logger.new(slog::o!("subsystem" => "rpc")))?;
     let mut server = rpc::create_server(listener, agent);
     server
         .start()
