@@ -178,6 +178,18 @@ async fn invalid_storages_change_nothing() {
             "loop",
         ),
         (
+            // mount(2) would cut the data after 4095 bytes and so silently
+            // drop errors=bogus, which must fail the mount.
+            "options over a page",
+            with(|s| {
+                s.options = vec!["user_xattr".to_string(); 370];
+                s.options.push(format!("commit={}5", "0".repeat(17)));
+                s.options.push("errors=bogus".into());
+            }),
+            Code::INVALID_ARGUMENT,
+            "4095",
+        ),
+        (
             "open quote",
             with(|s| s.options = vec!["context=\"x".into()]),
             Code::INVALID_ARGUMENT,
