@@ -156,7 +156,7 @@ impl StorageManager {
         };
         let created = path::create_mount_point(&self.config.root, mount_point, kind)?;
         let started = Instant::now();
-        if let Err(error) = self.mount_storage(request, &device) {
+        if let Err(error) = run_blocking(|| self.mount_storage(request, &device)) {
             path::remove_created(&created);
             return Err(error);
         }
@@ -423,6 +423,20 @@ impl StorageManager {
     #[cfg(test)]
     pub(super) fn state_snapshot(&self) -> State {
         self.lock_state().clone()
+    }
+}
+
+/// Runs `work`, which blocks (mount(2), an fsGroup walk over a whole
+/// volume), so that the other tasks of this runtime worker, such as health
+/// checks, move to another thread meanwhile. A current-thread runtime, as in
+/// unit tests, runs it in place.
+fn run_blocking<T>(work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
     }
 }
 
