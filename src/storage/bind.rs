@@ -61,6 +61,14 @@ impl StorageManager {
                     reason: "resolves to the container root itself".into(),
                 });
             }
+            // The bind is later unmounted by this path, so it must fit too.
+            if let Err(reason) = path::check_path_limits(&rootfs.join(&destination)) {
+                return Err(StorageError::Invalid {
+                    field: "destination",
+                    value: mount.destination.clone(),
+                    reason: format!("joined to Root.Path, the path {reason}"),
+                });
+            }
             let options = MountOptions::parse(&mount.options, OptionContext::Bind)?;
             if !options.data.is_empty() {
                 warn!(self.logger, "ignoring filesystem options on a bind";

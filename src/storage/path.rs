@@ -36,7 +36,37 @@ pub fn clean_absolute(field: &'static str, text: &str) -> Result<PathBuf, Storag
     if !text.starts_with('/') {
         return Err(invalid("is not an absolute path"));
     }
-    Ok(clean_components(Path::new(text)))
+    let clean = clean_components(Path::new(text));
+    check_path_limits(&clean).map_err(|reason| invalid(&reason))?;
+    Ok(clean)
+}
+
+/// Longest file name, in bytes, that Linux filesystems accept (NAME_MAX).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest path, in bytes, that system calls such as mount(2) and rmdir(2)
+/// accept (PATH_MAX less the terminating NUL).
+pub const MAX_PATH_BYTES: usize = 4095;
+
+/// Checks `path` against [`MAX_NAME_BYTES`] and [`MAX_PATH_BYTES`], so that a
+/// path the kernel cannot take is rejected before anything is created.
+pub fn check_path_limits(path: &Path) -> Result<(), String> {
+    let length = path.as_os_str().len();
+    if length > MAX_PATH_BYTES {
+        return Err(format!(
+            "is {length} bytes long once cleaned; paths are limited to {MAX_PATH_BYTES} bytes"
+        ));
+    }
+    let longest_name = path
+        .components()
+        .map(|component| component.as_os_str().len())
+        .max()
+        .unwrap_or(0);
+    if longest_name > MAX_NAME_BYTES {
+        return Err(format!(
+            "has a {longest_name}-byte name; names are limited to {MAX_NAME_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// Applies `.` and `..` lexically, clamping at `/`.
