@@ -253,6 +253,10 @@ fn open_path(path: &Path, extra: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC | extra, Mode::empty())
 }
 
+/// Attempts of one openat2(2) resolution that the kernel answers with
+/// EAGAIN because of concurrent renames or mounts.
+const MAX_RESOLVE_ATTEMPTS: u32 = 64;
+
 /// A path opened inside a root, held as an `O_PATH` descriptor so that a
 /// mount can target it through `/proc/self/fd` without resolving the path
 /// again.
@@ -326,13 +330,22 @@ pub fn resolve_in_root(
         open_path(root, OFlags::DIRECTORY).map_err(|errno| fail(Path::new("/"), errno))?;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |path: &Path| {
-        rustix::fs::openat2(
-            &root_fd,
-            path,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve,
-        )
+        let mut attempts = 1;
+        loop {
+            let result = rustix::fs::openat2(
+                &root_fd,
+                path,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            );
+            // EAGAIN: a rename or mount anywhere in the system ran during a
+            // `..` step, so the kernel could not vouch for it. Try again.
+            match result {
+                Err(Errno::AGAIN) if attempts < MAX_RESOLVE_ATTEMPTS => attempts += 1,
+                other => return other,
+            }
+        }
     };
 
     let Some(kind) = create else {
