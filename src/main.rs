@@ -79,11 +79,14 @@ async fn serve(config: Config, logger: slog::Logger) -> anyhow::Result<()> {
         registry.clone(),
     )
     .context("restoring storage state failed")?;
-    let volumes = Arc::new(VolumeService::new(
-        logger.new(slog::o!("subsystem" => "volume")),
-        storage.clone(),
-        registry.clone(),
-    ));
+    let volumes = Arc::new(
+        VolumeService::new(
+            logger.new(slog::o!("subsystem" => "volume")),
+            storage.clone(),
+            registry.clone(),
+        )
+        .with_sysfs_root(config.sysfs_root.clone()),
+    );
     let agent = Arc::new(AgentServiceImpl {
         logger: logger.new(slog::o!("subsystem" => "rpc")),
         storage,

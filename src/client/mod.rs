@@ -30,7 +30,7 @@ pub enum ClientError {
         address: String,
         reason: &'static str,
     },
-    #[error("connecting to {address} failed; check that the socket exists and is accessible")]
+    #[error("connecting to {address} failed; check the address and that you may open the socket")]
     Connect {
         address: String,
         #[source]
@@ -47,7 +47,8 @@ pub enum ClientError {
     },
     #[error(
         "hybrid vsock handshake on {address} failed: the VMM closed the socket after \
-         CONNECT {port} (partial reply {partial:?}); the guest is not listening on port {port} yet"
+         CONNECT {port} (partial reply {partial:?}); the guest may not be listening on \
+         port {port} yet"
     )]
     HandshakeClosed {
         address: String,
@@ -67,8 +68,8 @@ pub enum ClientError {
         error: std::io::Error,
     },
     #[error(
-        "connecting to {address} timed out after {} ms; check that the agent is running and \
-         listening there, or raise --timeout",
+        "connecting to {address} timed out after {} ms; check that the agent (and for hvsock \
+         the VMM) is running and listening there, or allow more time",
         timeout.as_millis()
     )]
     TimedOut {
@@ -100,7 +101,9 @@ impl ClientError {
         match self {
             ClientError::Connect { error, .. } => is_not_up_yet(error),
             ClientError::Handshake { error, .. } => is_not_up_yet(error),
-            // Both are how a VMM reports a port that no guest process listens on.
+            // A VMM closes the socket or sends a non-OK line while nothing in
+            // the guest accepts on the port. NOTE: a rejection for another
+            // reason is retried as well, until the timeout.
             ClientError::HandshakeRejected { .. } | ClientError::HandshakeClosed { .. } => true,
             _ => false,
         }
@@ -108,22 +111,29 @@ impl ClientError {
 }
 
 fn is_not_up_yet(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::NotFound
-            | ErrorKind::ConnectionRefused
-            | ErrorKind::ConnectionReset
-            | ErrorKind::BrokenPipe
-            | ErrorKind::TimedOut
-    )
+    // AF_VSOCK returns ENODEV while no VM has the CID, such as before the
+    // VMM opened its vhost-vsock device (vhost_transport_send_pkt in Linux
+    // drivers/vhost/vsock.c). NOTE: a host without any vsock transport
+    // returns it too, and is then retried until the timeout.
+    let vsock_not_up = error.raw_os_error() == Some(libc::ENODEV);
+    vsock_not_up
+        || matches!(
+            error.kind(),
+            ErrorKind::NotFound
+                | ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::BrokenPipe
+                | ErrorKind::TimedOut
+        )
 }
 
 /// Connects a ttrpc client to the agent at `address` (`unix:///PATH`,
 /// `vsock://CID:PORT` or `hvsock:///PATH:PORT`).
 ///
 /// Retries until `timeout` while the agent is not up yet: a missing socket
-/// file, a refused or reset connection, or a hybrid vsock handshake that the
-/// VMM rejects or closes. Other failures return at once.
+/// file, a refused or reset connection, no VM with the vsock CID yet, or a
+/// hybrid vsock handshake that the VMM rejects or closes. Other failures
+/// return at once.
 ///
 /// # Errors
 ///

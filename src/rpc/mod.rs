@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod decode;
 pub mod health;
+pub mod repeat;
 pub mod status;
 pub mod unimplemented;
 pub mod validate;

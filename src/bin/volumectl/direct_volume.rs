@@ -104,6 +104,8 @@ pub enum DirectVolumeError {
         #[source]
         error: serde_json::Error,
     },
+    #[error("invalid --mount-info: expected a JSON object, not an array, string or number")]
+    MountInfoNotObject,
     #[error("{path} exists and is not a directory; remove it to record volume {volume_path:?}")]
     NotADirectory { path: PathBuf, volume_path: String },
     #[error("creating {path} failed")]
@@ -146,9 +148,9 @@ impl DirectVolumeError {
     /// Returns the ttrpc status code printed with this error.
     pub fn code(&self) -> ttrpc::Code {
         match self {
-            DirectVolumeError::InvalidVolumePath { .. } | DirectVolumeError::MountInfo { .. } => {
-                ttrpc::Code::INVALID_ARGUMENT
-            }
+            DirectVolumeError::InvalidVolumePath { .. }
+            | DirectVolumeError::MountInfo { .. }
+            | DirectVolumeError::MountInfoNotObject => ttrpc::Code::INVALID_ARGUMENT,
             DirectVolumeError::NotADirectory { .. }
             | DirectVolumeError::NotAdded { .. }
             | DirectVolumeError::NotAttached { .. } => ttrpc::Code::FAILED_PRECONDITION,
@@ -278,8 +280,7 @@ fn report(session: &Session, action: &str, volume_path: &str, dir: &Path) {
 /// Returns the record directory.
 pub fn add(root: &Path, volume_path: &str, mount_info: &str) -> Result<PathBuf, DirectVolumeError> {
     let record = Record::locate(root, volume_path)?;
-    serde_json::from_str::<MountInfo>(mount_info)
-        .map_err(|error| DirectVolumeError::MountInfo { error })?;
+    parse_mount_info(mount_info)?;
 
     match std::fs::symlink_metadata(&record.dir) {
         Ok(metadata) if !metadata.is_dir() => {
@@ -301,6 +302,17 @@ pub fn add(root: &Path, volume_path: &str, mount_info: &str) -> Result<PathBuf, 
     // Stored byte for byte, as upstream stores it.
     write_private_file(&record.dir.join(MOUNT_INFO_FILE), mount_info.as_bytes())?;
     Ok(record.dir)
+}
+
+/// Parses `text` as a JSON object with the `mountInfo.json` keys. serde
+/// would also fill a struct from a JSON array, which upstream rejects.
+fn parse_mount_info(text: &str) -> Result<MountInfo, DirectVolumeError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|error| DirectVolumeError::MountInfo { error })?;
+    if !value.is_object() {
+        return Err(DirectVolumeError::MountInfoNotObject);
+    }
+    serde_json::from_value(value).map_err(|error| DirectVolumeError::MountInfo { error })
 }
 
 /// Removes the record directory of `volume_path` and the files in it, and
