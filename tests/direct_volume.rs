@@ -329,3 +329,91 @@ fn attach_records_guest_mount_point() {
     assert_succeeded(&output);
     assert!(tree(&root).is_empty());
 }
+
+#[test]
+fn direct_volume_resize_grows_xfs() {
+    if !common::running_as_root("direct_volume_resize_grows_xfs") {
+        return;
+    }
+    let mut env = common::TestEnv::new("direct-volume-resize");
+    // mkfs.xfs needs a disk of at least 300 MB.
+    let device = env.add_loop("grow", 320 << 20, Some("xfs"));
+    env.start_agent();
+    let address = format!("unix://{}", env.path().join("agent.sock").display());
+    let root = env.path().join("direct-volumes");
+    let root_text = root.to_str().unwrap().to_string();
+    let mount_point = env.storage_root().join("grow");
+    let mount_point_text = mount_point.to_str().unwrap().to_string();
+    let volume_path = "/var/lib/kubelet/pods/p2/volumes/grow";
+    let with_agent = |args: &[&str]| {
+        let mut all = vec!["--address", &address, "--direct-volumes-root", &root_text];
+        all.extend_from_slice(args);
+        volumectl(&all)
+    };
+
+    let mount_info = format!(r#"{{"volume-type":"block","device":"{device}","fstype":"xfs"}}"#);
+    let output = with_agent(&[
+        "direct-volume",
+        "add",
+        "--volume-path",
+        volume_path,
+        "--mount-info",
+        &mount_info,
+    ]);
+    assert_succeeded(&output);
+    let rest = ["--sandbox", "--volume-path", volume_path];
+    assert_succeeded(&with_agent(&attach_args(
+        &device,
+        "xfs",
+        &mount_point_text,
+        &rest,
+    )));
+    let total_before = nix::sys::statvfs::statvfs(&mount_point).unwrap();
+    let total_before = total_before.blocks() * total_before.fragment_size();
+
+    // Grow the disk, as a host does before calling resize.
+    let backing = &env.loops[0].backing_file;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(backing)
+        .unwrap()
+        .set_len(640 << 20)
+        .unwrap();
+    common::run("losetup", &["--set-capacity", &device]);
+
+    let output = with_agent(&[
+        "direct-volume",
+        "resize",
+        "--volume-path",
+        volume_path,
+        "--size",
+        "600MiB",
+    ]);
+    assert_succeeded(&output);
+    let output = with_agent(&[
+        "--json",
+        "direct-volume",
+        "stats",
+        "--volume-path",
+        volume_path,
+    ]);
+    assert_succeeded(&output);
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let total_after = value["usage"][0]["total"].as_u64().unwrap();
+    assert!(
+        total_after > total_before,
+        "{total_before} -> {total_after}\n{}",
+        env.agent_log()
+    );
+    // statvfs leaves out the xfs log, so compare the growth, not the size:
+    // the disk grew by 320 MiB.
+    let growth = total_after - total_before;
+    assert!(growth >= 256 << 20, "grew by {growth} bytes only");
+
+    assert_succeeded(&with_agent(&["detach", "--sandbox"]));
+    assert!(
+        common::mounts_under(env.path()).is_empty(),
+        "{}",
+        env.agent_log()
+    );
+}
