@@ -4,26 +4,24 @@
 //! keeps serving other clients. Runs without root.
 
 mod cli_support;
+mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use protobuf::Message;
-
 use cli_support::fake_vmm::{FakeVmm, Reply};
-use cli_support::{agent_command, assert_failed_with, stderr, stdout, volumectl, Agent};
-
-/// ttrpc frame header: length, stream id (both big-endian u32), type, flags.
-const FRAME_HEADER_LEN: usize = 10;
-const MESSAGE_TYPE_REQUEST: u8 = 1;
-const MESSAGE_TYPE_RESPONSE: u8 = 2;
+use cli_support::frames::{read_response_status, request_bytes, write_frame, MESSAGE_TYPE_REQUEST};
+use cli_support::{
+    agent_command, assert_failed_with, assert_succeeded, attach_args, stderr, stdout, volumectl,
+    Agent,
+};
 
 #[test]
 fn check_reports_serving() {
     let agent = Agent::start();
     let output = volumectl(&["--address", &agent.address, "check"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
 
     let output = volumectl(&["--address", &agent.address, "--json", "check"]);
@@ -35,7 +33,7 @@ fn check_reports_serving() {
 fn version_reports_package_version() {
     let agent = Agent::start();
     let output = volumectl(&["--address", &agent.address, "--json", "version"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(value["agent_version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(value["grpc_version"], volume_agent::API_VERSION);
@@ -82,57 +80,14 @@ fn served_method_via_call_is_ok() {
         "grpc.Health",
         "Check",
     ]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "/grpc.Health/Check: OK\n");
-}
-
-/// Writes one ttrpc frame.
-fn write_frame(stream: &mut UnixStream, stream_id: u32, message_type: u8, payload: &[u8]) {
-    let mut frame = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&stream_id.to_be_bytes());
-    frame.push(message_type);
-    frame.push(0);
-    frame.extend_from_slice(payload);
-    stream.write_all(&frame).unwrap();
-}
-
-/// Reads one response frame and decodes its ttrpc status.
-fn read_response_status(stream: &mut UnixStream, stream_id: u32) -> ttrpc::Status {
-    stream
-        .set_read_timeout(Some(Duration::from_secs(20)))
-        .unwrap();
-    let mut header = [0u8; FRAME_HEADER_LEN];
-    stream
-        .read_exact(&mut header)
-        .expect("no response frame from the agent");
-    let length = u32::from_be_bytes(header[0..4].try_into().unwrap()) as usize;
-    assert_eq!(
-        u32::from_be_bytes(header[4..8].try_into().unwrap()),
-        stream_id
-    );
-    assert_eq!(header[8], MESSAGE_TYPE_RESPONSE);
-    let mut payload = vec![0u8; length];
-    stream.read_exact(&mut payload).unwrap();
-    let response = ttrpc::Response::parse_from_bytes(&payload).unwrap();
-    response
-        .status
-        .into_option()
-        .expect("response without status")
-}
-
-fn request_bytes(service: &str, method: &str, payload: Vec<u8>) -> Vec<u8> {
-    let mut request = ttrpc::Request::new();
-    request.service = service.to_string();
-    request.method = method.to_string();
-    request.payload = payload;
-    request.write_to_bytes().unwrap()
 }
 
 fn assert_check_works(agent: &mut Agent) {
     assert!(agent.is_running(), "the agent exited");
     let output = volumectl(&["--address", &agent.address, "--timeout", "10", "check"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
 }
 
@@ -345,7 +300,7 @@ fn agent_started_late_is_reached() {
     let output = client.wait_with_output().unwrap();
     let _ = agent_process.kill();
     let _ = agent_process.wait();
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
 }
 
@@ -362,7 +317,7 @@ fn hybrid_vsock_retries_until_ok() {
     let address = format!("hvsock://{}:1024", vmm_socket.display());
 
     let output = volumectl(&["--address", &address, "--timeout", "20", "check"]);
-    assert!(output.status.success(), "{}", stderr(&output));
+    assert_succeeded(&output);
     assert_eq!(stdout(&output), "SERVING\n");
     assert_eq!(vmm.requests(), vec!["CONNECT 1024"; 3]);
 }
@@ -440,4 +395,177 @@ fn bind_vsock_port(port: u32) -> nix::Result<std::os::fd::OwnedFd> {
     )?;
     listen(&socket, Backlog::new(1)?)?;
     Ok(socket)
+}
+
+/// Runs volumectl against the agent of `env` with `args` after the address.
+fn volumectl_at(env: &common::TestEnv, args: &[&str]) -> std::process::Output {
+    let address = format!("unix://{}", env.path().join("agent.sock").display());
+    let mut all = vec!["--address", address.as_str(), "--timeout", "30"];
+    all.extend_from_slice(args);
+    volumectl(&all)
+}
+
+#[test]
+fn container_binds_via_volumectl() {
+    if !common::running_as_root("container_binds_via_volumectl") {
+        return;
+    }
+    let mut env = common::TestEnv::new("volumectl-binds");
+    let device = env.add_loop("binds", 64 << 20, Some("ext4"));
+    env.start_agent();
+    let mount_point = env.storage_root().join("binds");
+    let mount_point_text = mount_point.to_str().unwrap().to_string();
+    let rootfs = env.rootfs("c1");
+    let rootfs_text = rootfs.to_str().unwrap().to_string();
+
+    let rest = [
+        "--container",
+        "c1",
+        "--rootfs",
+        &rootfs_text,
+        "--mount",
+        "/data",
+        "--mount",
+        "/config:ro",
+    ];
+    let output = volumectl_at(
+        &env,
+        &attach_args(&device, "ext4", &mount_point_text, &rest),
+    );
+    assert_succeeded(&output);
+    assert_eq!(
+        stdout(&output),
+        format!("{mount_point_text}\n"),
+        "{}",
+        env.agent_log()
+    );
+    let mounts = common::mounts_under(env.path());
+    assert!(mounts.contains(&mount_point), "{mounts:?}");
+    assert!(mounts.contains(&rootfs.join("data")), "{mounts:?}");
+    assert!(mounts.contains(&rootfs.join("config")), "{mounts:?}");
+
+    // The rw bind writes through to the storage; the ro bind rejects writes.
+    std::fs::write(rootfs.join("data/hello"), b"from the container").unwrap();
+    assert_eq!(
+        std::fs::read(mount_point.join("hello")).unwrap(),
+        b"from the container"
+    );
+    let error = std::fs::write(rootfs.join("config/denied"), b"x").unwrap_err();
+    assert_eq!(error.raw_os_error(), Some(libc::EROFS));
+
+    // Stats through the bind target equal stats at the mount point.
+    let at_mount = volumectl_at(&env, &["--json", "stats", &mount_point_text]);
+    assert_succeeded(&at_mount);
+    let at_bind = volumectl_at(&env, &["--json", "stats", &format!("{rootfs_text}/data")]);
+    assert_succeeded(&at_bind);
+    let at_mount: serde_json::Value = serde_json::from_slice(&at_mount.stdout).unwrap();
+    let at_bind: serde_json::Value = serde_json::from_slice(&at_bind.stdout).unwrap();
+    assert_eq!(at_mount["usage"][0]["unit"], "BYTES");
+    assert!(at_mount["usage"][0]["total"].as_u64().unwrap() > 32 << 20);
+    assert_eq!(at_mount["usage"][0]["total"], at_bind["usage"][0]["total"]);
+
+    let output = volumectl_at(&env, &["detach", "--container", "c1"]);
+    assert_succeeded(&output);
+    assert_eq!(stdout(&output), "detached container c1\n");
+    let mounts = common::mounts_under(env.path());
+    assert!(
+        mounts.is_empty(),
+        "left mounted: {mounts:?}\n{}",
+        env.agent_log()
+    );
+}
+
+#[test]
+fn default_mount_point_outside_root_is_rejected() {
+    if !common::running_as_root("default_mount_point_outside_root_is_rejected") {
+        return;
+    }
+    let mut env = common::TestEnv::new("volumectl-outside");
+    let device = env.add_loop("outside", 64 << 20, Some("ext4"));
+    env.start_agent();
+
+    // The default mount point is under /run/kata-containers/sandbox/storage,
+    // which is not this agent's storage root.
+    let output = volumectl_at(
+        &env,
+        &[
+            "attach",
+            "--driver",
+            "mmioblk",
+            "--source",
+            &device,
+            "--sandbox",
+        ],
+    );
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(
+        text.contains("/run/kata-containers/sandbox/storage/"),
+        "{text}"
+    );
+    assert!(common::mounts_under(env.path()).is_empty());
+    let default_mount_point = std::path::Path::new(text.split('"').nth(1).unwrap_or_default());
+    assert!(
+        common::mounts_under(default_mount_point).is_empty(),
+        "{default_mount_point:?} was mounted"
+    );
+}
+
+#[test]
+fn silent_server_times_out_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("silent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    // Accepts one connection and reads it to the end without replying.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stream, &mut received);
+        received.len()
+    });
+
+    let address = format!("unix://{}", socket.display());
+    let started = Instant::now();
+    let output = volumectl(&["--address", &address, "--timeout", "0.5", "check"]);
+    let elapsed = started.elapsed();
+    let text = assert_failed_with(&output, "DEADLINE_EXCEEDED");
+    assert!(
+        text.contains(&format!(
+            "Check request to {address} got no reply within 500 ms"
+        )),
+        "{text}"
+    );
+    assert!(elapsed < Duration::from_secs(10), "took {elapsed:?}");
+    let received = server.join().unwrap();
+    assert!(received > 10, "the request never reached the server");
+}
+
+#[test]
+fn storage_json_from_stdin() {
+    let agent = Agent::start();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_volumectl"))
+        .args([
+            "--address",
+            &agent.address,
+            "attach",
+            "--storage-json",
+            "-",
+            "--sandbox",
+        ])
+        .env_remove("VOLUMECTL_ADDRESS")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A driver the agent does not know reaches the agent, which rejects it.
+    let storage = r#"{"driver":"9p","source":"share","fstype":"9p","mount_point":"/x"}"#;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(storage.as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let text = assert_failed_with(&output, "INVALID_ARGUMENT");
+    assert!(text.contains("9p"), "{text}");
 }

@@ -5,33 +5,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{context, spec, storage, TestEnv};
-use protocols::agent::{
-    CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, RemoveContainerRequest,
+use common::{
+    context, create_container_request, mount_count, remove_container_request, spec, storage,
+    TestEnv,
 };
 
 const EXT4_SIZE: u64 = 64 << 20;
 const XFS_SIZE: u64 = 320 << 20;
-
-fn create_container(
-    container_id: &str,
-    storages: Vec<protocols::agent::Storage>,
-    oci: protocols::oci::Spec,
-) -> CreateContainerRequest {
-    CreateContainerRequest {
-        container_id: container_id.into(),
-        storages,
-        OCI: Some(oci).into(),
-        ..Default::default()
-    }
-}
-
-fn remove_container(container_id: &str) -> RemoveContainerRequest {
-    RemoveContainerRequest {
-        container_id: container_id.into(),
-        ..Default::default()
-    }
-}
 
 /// Writes a file at `path` and returns the OS error number on failure.
 fn write_errno(path: &Path) -> Option<i32> {
@@ -59,31 +39,30 @@ async fn ro_and_rw_binds_on_ext4_and_xfs() {
         let ro_rootfs = env.rootfs(&format!("{name}-ro"));
         let volume = storage(source, fstype, &mount_point, &["nodev"]);
 
-        let request = create_container(
+        let request = create_container_request(
             &format!("{name}-rw"),
             vec![volume.clone()],
-            spec(&rw_rootfs, &[(&mount_text, "/data", &["rbind"])]),
+            Some(spec(&rw_rootfs, &[(&mount_text, "/data", &["rbind"])])),
         );
         client
             .create_container(context(), &request)
             .await
-            .expect(&env.agent_log());
-        let request = create_container(
+            .unwrap_or_else(|error| env.fail(error));
+        let request = create_container_request(
             &format!("{name}-ro"),
             vec![volume.clone()],
-            spec(&ro_rootfs, &[(&mount_text, "/mnt/data", &["bind", "ro"])]),
+            Some(spec(
+                &ro_rootfs,
+                &[(&mount_text, "/mnt/data", &["bind", "ro"])],
+            )),
         );
         client
             .create_container(context(), &request)
             .await
-            .expect(&env.agent_log());
+            .unwrap_or_else(|error| env.fail(error));
 
         let mounts = common::mounts_under(env.path());
-        assert_eq!(
-            mounts.iter().filter(|m| **m == mount_point).count(),
-            1,
-            "{fstype} mounted once"
-        );
+        assert_eq!(mount_count(&mount_point), 1, "{fstype} mounted once");
         assert!(
             mounts.contains(&rw_rootfs.join("data")),
             "{fstype} rw bind: {mounts:?}"
@@ -115,7 +94,7 @@ async fn ro_and_rw_binds_on_ext4_and_xfs() {
         );
 
         client
-            .remove_container(context(), &remove_container(&format!("{name}-ro")))
+            .remove_container(context(), &remove_container_request(&format!("{name}-ro")))
             .await
             .unwrap();
         let mounts = common::mounts_under(env.path());
@@ -125,7 +104,7 @@ async fn ro_and_rw_binds_on_ext4_and_xfs() {
         );
         assert!(!mounts.contains(&ro_rootfs.join("mnt/data")));
         client
-            .remove_container(context(), &remove_container(&format!("{name}-rw")))
+            .remove_container(context(), &remove_container_request(&format!("{name}-rw")))
             .await
             .unwrap();
         assert!(!common::mounts_under(env.path()).contains(&mount_point));
@@ -158,38 +137,33 @@ async fn refcount_across_three_containers() {
         let ids = ["c0", "c1", "c2"];
         for id in ids {
             let rootfs = env.rootfs(id);
-            let request = create_container(
-                id,
-                vec![volume.clone()],
-                spec(&rootfs, &[(&mount_text, "/vol", &[])]),
-            );
+            let oci = spec(&rootfs, &[(&mount_text, "/vol", &[])]);
+            let request = create_container_request(id, vec![volume.clone()], Some(oci));
             client
                 .create_container(context(), &request)
                 .await
-                .expect(&env.agent_log());
+                .unwrap_or_else(|error| env.fail(error));
         }
-        let count = |path: &Path| {
-            common::mounts_under(path)
-                .iter()
-                .filter(|m| *m == path)
-                .count()
-        };
-        assert_eq!(count(&mount_point), 1, "mounted once for three containers");
+        assert_eq!(
+            mount_count(&mount_point),
+            1,
+            "mounted once for three containers"
+        );
 
         for (step, index) in order.iter().enumerate() {
             let id = ids[*index];
             client
-                .remove_container(context(), &remove_container(id))
+                .remove_container(context(), &remove_container_request(id))
                 .await
                 .unwrap();
             assert_eq!(
-                count(&env.rootfs(id).join("vol")),
+                mount_count(&env.rootfs(id).join("vol")),
                 0,
                 "bind of {id} removed"
             );
             let expected = if step < 2 { 1 } else { 0 };
             assert_eq!(
-                count(&mount_point),
+                mount_count(&mount_point),
                 expected,
                 "order {order:?} after removing {id}"
             );
@@ -214,15 +188,8 @@ async fn sandbox_and_shared_storages_last_until_destroy() {
     let sandbox_mount = env.storage_root().join("sandbox");
     let shared_mount = env.storage_root().join("shared");
 
-    let request = CreateSandboxRequest {
-        storages: vec![storage(&sandbox_disk, "ext4", &sandbox_mount, &[])],
-        sandbox_id: "sandbox".into(),
-        ..Default::default()
-    };
-    client
-        .create_sandbox(context(), &request)
-        .await
-        .expect(&env.agent_log());
+    let sandbox_storage = storage(&sandbox_disk, "ext4", &sandbox_mount, &[]);
+    common::create_sandbox(&client, &env, vec![sandbox_storage]).await;
     let mut shared = storage(&shared_disk, "ext4", &shared_mount, &[]);
     shared.shared = true;
     let rootfs = env.rootfs("c1");
@@ -233,27 +200,33 @@ async fn sandbox_and_shared_storages_last_until_destroy() {
             (&shared_mount.display().to_string(), "/shared", &[]),
         ],
     );
-    let request = create_container("c1", vec![shared], oci);
+    let request = create_container_request("c1", vec![shared], Some(oci));
     client
         .create_container(context(), &request)
         .await
-        .expect(&env.agent_log());
+        .unwrap_or_else(|error| env.fail(error));
 
     client
-        .remove_container(context(), &remove_container("c1"))
+        .remove_container(context(), &remove_container_request("c1"))
         .await
         .unwrap();
     let mounts = common::mounts_under(env.path());
     assert_eq!(mounts, vec![sandbox_mount.clone(), shared_mount.clone()]);
 
-    client
-        .destroy_sandbox(context(), &DestroySandboxRequest::new())
-        .await
-        .unwrap();
-    assert_eq!(
-        common::mounts_under(env.path()),
-        Vec::<std::path::PathBuf>::new()
+    // A container still running at DestroySandbox loses its binds too.
+    let rootfs = env.rootfs("c2");
+    let oci = spec(
+        &rootfs,
+        &[(&shared_mount.display().to_string(), "/shared", &["ro"])],
     );
+    let request = create_container_request("c2", vec![], Some(oci));
+    client
+        .create_container(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(mount_count(&rootfs.join("shared")), 1);
+
+    common::destroy_sandbox(&client, &env).await;
     assert!(!sandbox_mount.exists());
     assert!(!shared_mount.exists());
 }

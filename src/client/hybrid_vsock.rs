@@ -18,8 +18,8 @@ pub enum HandshakeFailure {
     Rejected {
         reply: String,
     },
-    /// The VMM closed the socket before a full line, which is what it does
-    /// when nothing in the guest listens on the port yet.
+    /// The VMM closed the socket before a full line, as it may do while
+    /// nothing in the guest listens on the port.
     Closed {
         partial: String,
     },

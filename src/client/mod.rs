@@ -30,7 +30,7 @@ pub enum ClientError {
         address: String,
         reason: &'static str,
     },
-    #[error("connecting to {address} failed; check that the socket exists and is accessible")]
+    #[error("connecting to {address} failed; check the address and that you may open the socket")]
     Connect {
         address: String,
         #[source]
@@ -47,7 +47,8 @@ pub enum ClientError {
     },
     #[error(
         "hybrid vsock handshake on {address} failed: the VMM closed the socket after \
-         CONNECT {port} (partial reply {partial:?}); the guest is not listening on port {port} yet"
+         CONNECT {port} (partial reply {partial:?}); the guest may not be listening on \
+         port {port} yet"
     )]
     HandshakeClosed {
         address: String,
@@ -67,8 +68,8 @@ pub enum ClientError {
         error: std::io::Error,
     },
     #[error(
-        "connecting to {address} timed out after {} ms; check that the agent is running and \
-         listening there, or raise --timeout",
+        "connecting to {address} timed out after {} ms; check that the agent (and for hvsock \
+         the VMM) is running and listening there, or allow more time",
         timeout.as_millis()
     )]
     TimedOut {
@@ -100,7 +101,9 @@ impl ClientError {
         match self {
             ClientError::Connect { error, .. } => is_not_up_yet(error),
             ClientError::Handshake { error, .. } => is_not_up_yet(error),
-            // Both are how a VMM reports a port that no guest process listens on.
+            // A VMM closes the socket or sends a non-OK line while nothing in
+            // the guest accepts on the port. NOTE: a rejection for another
+            // reason is retried as well, until the timeout.
             ClientError::HandshakeRejected { .. } | ClientError::HandshakeClosed { .. } => true,
             _ => false,
         }
@@ -108,22 +111,29 @@ impl ClientError {
 }
 
 fn is_not_up_yet(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        ErrorKind::NotFound
-            | ErrorKind::ConnectionRefused
-            | ErrorKind::ConnectionReset
-            | ErrorKind::BrokenPipe
-            | ErrorKind::TimedOut
-    )
+    // AF_VSOCK returns ENODEV while no VM has the CID, such as before the
+    // VMM opened its vhost-vsock device (vhost_transport_send_pkt in Linux
+    // drivers/vhost/vsock.c). NOTE: a host without any vsock transport
+    // returns it too, and is then retried until the timeout.
+    let vsock_not_up = error.raw_os_error() == Some(libc::ENODEV);
+    vsock_not_up
+        || matches!(
+            error.kind(),
+            ErrorKind::NotFound
+                | ErrorKind::ConnectionRefused
+                | ErrorKind::ConnectionReset
+                | ErrorKind::BrokenPipe
+                | ErrorKind::TimedOut
+        )
 }
 
 /// Connects a ttrpc client to the agent at `address` (`unix:///PATH`,
 /// `vsock://CID:PORT` or `hvsock:///PATH:PORT`).
 ///
 /// Retries until `timeout` while the agent is not up yet: a missing socket
-/// file, a refused or reset connection, or a hybrid vsock handshake that the
-/// VMM rejects or closes. Other failures return at once.
+/// file, a refused or reset connection, no VM with the vsock CID yet, or a
+/// hybrid vsock handshake that the VMM rejects or closes. Other failures
+/// return at once.
 ///
 /// # Errors
 ///
@@ -215,5 +225,71 @@ fn handshake_error(address: String, port: u32, failure: HandshakeFailure) -> Cli
             port,
             error,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    /// Serves one hybrid vsock handshake on `listener`, replying `reply`,
+    /// and returns the request line it read.
+    async fn serve_handshake(listener: UnixListener, reply: Vec<u8>) -> String {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        reader.get_mut().write_all(&reply).await.unwrap();
+        line
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_ok_reply_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vmm.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(serve_handshake(listener, b"OK 1073741824\n".to_vec()));
+
+        let address = format!("hvsock://{}:1024", socket.display());
+        let result = connect(&address, Duration::from_secs(10)).await;
+        assert!(result.is_ok(), "{:?}", result.err());
+        assert_eq!(server.await.unwrap(), "CONNECT 1024\n");
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_endless_reply_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vmm.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(serve_handshake(listener, vec![b'x'; 1000]));
+
+        let address = format!("hvsock://{}:7", socket.display());
+        let started = std::time::Instant::now();
+        let error = connect(&address, Duration::from_secs(30))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, ClientError::HandshakeReplyTooLong { port: 7, .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.code(), ttrpc::Code::UNAVAILABLE);
+        assert!(started.elapsed() < Duration::from_secs(5), "it was retried");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn invalid_address_is_not_retried() {
+        let error = connect("tcp://127.0.0.1:1", Duration::from_secs(30))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, ClientError::InvalidAddress { .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
     }
 }

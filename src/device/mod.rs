@@ -1,33 +1,30 @@
 //! Block device discovery: the registry of present disks, and the matchers
 //! that turn a `Storage.driver` and `Storage.source` into one of them.
+//!
+//! Logging: `debug` for each device added, removed or found; `warn` for a
+//! stale entry replaced or a SCSI scan request that failed. Failed requests
+//! are returned as [`DeviceError`] and logged by the caller that handles them.
 
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+mod address;
+mod pci;
+mod registry;
+mod scsi;
+mod wait;
+
+#[cfg(test)]
+mod fake_sysfs;
+#[cfg(test)]
+mod stress_tests;
+#[cfg(test)]
+mod tests;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use crate::uevent::Uevent;
-
-/// Where the host says the disk is, parsed from `Storage.driver` and `source`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceAddress {
-    /// `mmioblk`: a `/dev` path.
-    DevPath(PathBuf),
-}
-
-impl DeviceAddress {
-    /// Parses a storage's driver and source without touching the system.
-    pub fn parse(driver: &str, source: &str) -> Result<DeviceAddress, DeviceError> {
-        match driver {
-            "mmioblk" => Ok(DeviceAddress::DevPath(PathBuf::from(source))),
-            _ => Err(DeviceError::InvalidSource {
-                driver: driver.to_string(),
-                source_text: source.to_string(),
-                reason: "unknown driver".into(),
-            }),
-        }
-    }
-}
+pub use address::{
+    DeviceAddress, PciPath, PciSlot, PmemName, ScsiAddress, MAX_PCI_PATH_SLOTS, MAX_SOURCE_BYTES,
+};
+pub use registry::{DeviceRegistry, RegistryStats};
 
 /// A whole disk (or partition) known to the kernel, with its `/dev` node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +39,22 @@ pub struct BlockDevice {
     pub sysfs_path: PathBuf,
 }
 
+/// Change that the registry applied, sent to every [`DeviceRegistry::subscribe`] receiver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEvent {
+    pub kind: DeviceEventKind,
+    pub device: BlockDevice,
+    /// The `change` uevent carried `RESIZE=1`: the disk capacity changed.
+    pub resize: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEventKind {
+    Added,
+    Changed,
+    Removed,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("invalid {driver} source {source_text:?}: {reason}")]
@@ -50,15 +63,30 @@ pub enum DeviceError {
         source_text: String,
         reason: String,
     },
-    #[error("timed out after {waited:?} waiting for {driver} device {source_text:?}: {seen}")]
+    #[error("timed out after {waited:?} waiting for {driver} device {source_text:?}; {seen}")]
     Timeout {
         driver: String,
         source_text: String,
         waited: Duration,
         seen: String,
     },
-    #[error("reading {path}")]
-    Io {
+    #[error(
+        "several virtio-scsi controllers have a disk at SCSI address {address}: {}; \
+         attach the volume to one controller only",
+        disks.iter().map(|disk| disk.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    AmbiguousScsi {
+        address: ScsiAddress,
+        disks: Vec<PathBuf>,
+    },
+    #[error("reading sysfs directory {path} failed")]
+    ReadSysfs {
+        path: PathBuf,
+        #[source]
+        error: std::io::Error,
+    },
+    #[error("checking device node {path} failed")]
+    StatNode {
         path: PathBuf,
         #[source]
         error: std::io::Error,
@@ -66,88 +94,14 @@ pub enum DeviceError {
 }
 
 impl DeviceError {
-    /// The ttrpc status code a request failing with this error gets.
+    /// Returns the ttrpc status code of a request that fails with this error.
     pub fn code(&self) -> ttrpc::Code {
         match self {
             DeviceError::InvalidSource { .. } => ttrpc::Code::INVALID_ARGUMENT,
             DeviceError::Timeout { .. } => ttrpc::Code::DEADLINE_EXCEEDED,
-            DeviceError::Io { .. } => ttrpc::Code::INTERNAL,
+            DeviceError::AmbiguousScsi { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            DeviceError::ReadSysfs { .. } | DeviceError::StatNode { .. } => ttrpc::Code::INTERNAL,
         }
-    }
-}
-
-/// The set of block devices present in the system.
-pub struct DeviceRegistry {
-    logger: slog::Logger,
-    sysfs_root: PathBuf,
-    dev_root: PathBuf,
-}
-
-impl DeviceRegistry {
-    pub fn new(
-        logger: slog::Logger,
-        sysfs_root: PathBuf,
-        dev_root: PathBuf,
-    ) -> Arc<DeviceRegistry> {
-        Arc::new(DeviceRegistry {
-            logger,
-            sysfs_root,
-            dev_root,
-        })
-    }
-
-    /// Records the disks already present in sysfs.
-    pub fn scan_sysfs(&self) -> Result<(), DeviceError> {
-        Ok(())
-    }
-
-    /// Applies one kernel uevent.
-    pub fn handle_uevent(&self, _event: &Uevent) {}
-
-    /// Waits until the disk at `address` is present with its `/dev` node.
-    pub async fn wait_for(
-        &self,
-        address: &DeviceAddress,
-        _timeout: Duration,
-    ) -> Result<BlockDevice, DeviceError> {
-        let DeviceAddress::DevPath(path) = address;
-        let metadata = std::fs::metadata(path).map_err(|error| DeviceError::Io {
-            path: path.clone(),
-            error,
-        })?;
-        if !metadata.file_type().is_block_device() {
-            return Err(DeviceError::InvalidSource {
-                driver: "mmioblk".into(),
-                source_text: path.display().to_string(),
-                reason: "not a block device".into(),
-            });
-        }
-        let rdev = metadata.rdev();
-        let (major, minor) = (
-            nix::sys::stat::major(rdev) as u32,
-            nix::sys::stat::minor(rdev) as u32,
-        );
-        let name = path
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .into_owned();
-        let _ = (&self.logger, &self.dev_root);
-        Ok(BlockDevice {
-            sysfs_path: self
-                .sysfs_root
-                .join("dev/block")
-                .join(format!("{major}:{minor}")),
-            name,
-            dev_path: path.clone(),
-            major,
-            minor,
-        })
-    }
-
-    /// Looks a present device up by its device number.
-    pub fn find_by_devno(&self, _major: u32, _minor: u32) -> Option<BlockDevice> {
-        None
     }
 }
 

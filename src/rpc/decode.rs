@@ -11,6 +11,8 @@ use async_trait::async_trait;
 use slog::error;
 use ttrpc::r#async::{MethodHandler, Service, TtrpcContext};
 
+use super::repeat::RepeatCounter;
+
 /// Prefix of the error text the generated handlers use for a payload that
 /// does not decode as the method's request message.
 const DECODE_ERROR_PREFIX: &str = "Unpack request error";
@@ -19,6 +21,7 @@ struct RejectUndecodable {
     path: String,
     inner: Box<dyn MethodHandler + Send + Sync>,
     logger: slog::Logger,
+    failures: RepeatCounter,
 }
 
 #[async_trait]
@@ -32,8 +35,11 @@ impl MethodHandler for RejectUndecodable {
         match self.inner.handler(ctx, request).await {
             Err(ttrpc::Error::Others(text)) if text.starts_with(DECODE_ERROR_PREFIX) => {
                 let detail = text[DECODE_ERROR_PREFIX.len()..].trim();
-                error!(self.logger, "request payload does not decode";
-                    "method" => &self.path, "payload_len" => payload_len, "error" => detail);
+                if let Some(count) = self.failures.record() {
+                    error!(self.logger, "request payload does not decode";
+                        "method" => &self.path, "payload_len" => payload_len,
+                        "error" => detail, "count" => count);
+                }
                 let message = format!(
                     "{}: the request payload ({payload_len} bytes) is not a valid protobuf \
                      request message ({detail}); send the request message of this method",
@@ -61,6 +67,7 @@ pub fn reject_undecodable_requests(services: &mut HashMap<String, Service>, logg
                     path: format!("/{service_name}/{method}"),
                     inner,
                     logger: logger.clone(),
+                    failures: RepeatCounter::default(),
                 });
                 (method, wrapped)
             })

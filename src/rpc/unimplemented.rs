@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use slog::warn;
 use ttrpc::r#async::{MethodHandler, Service, TtrpcContext};
 
+use super::repeat::RepeatCounter;
+
 /// Service name of the agent API.
 pub const AGENT_SERVICE: &str = "grpc.AgentService";
 
@@ -60,6 +62,7 @@ pub fn message(path: &str) -> String {
 struct UnimplementedMethod {
     path: String,
     logger: slog::Logger,
+    requests: RepeatCounter,
 }
 
 #[async_trait]
@@ -69,7 +72,10 @@ impl MethodHandler for UnimplementedMethod {
         _ctx: TtrpcContext,
         _request: ttrpc::Request,
     ) -> ttrpc::Result<ttrpc::Response> {
-        warn!(self.logger, "request for an unimplemented method"; "method" => &self.path);
+        if let Some(count) = self.requests.record() {
+            warn!(self.logger, "request for an unimplemented method";
+                "method" => &self.path, "count" => count);
+        }
         let mut response = ttrpc::Response::new();
         response.status = Some(ttrpc::get_status(
             ttrpc::Code::UNIMPLEMENTED,
@@ -97,6 +103,7 @@ pub fn register(services: &mut HashMap<String, Service>, logger: &slog::Logger) 
                 Box::new(UnimplementedMethod {
                     path: format!("/{AGENT_SERVICE}/{method}"),
                     logger: logger.clone(),
+                    requests: RepeatCounter::default(),
                 })
             });
     }

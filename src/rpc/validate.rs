@@ -11,7 +11,8 @@ pub fn validate_storages(method: &str, storages: &[Storage]) -> ttrpc::Result<()
     for (index, storage) in storages.iter().enumerate() {
         if storage.driver.is_empty() {
             return Err(invalid_argument(format!(
-                "{method}: storages[{index}].driver is empty; set it to blk, scsi, mmioblk or nvdimm"
+                "{method}: storages[{index}].driver is empty; set it to blk, scsi, mmioblk \
+                 or nvdimm"
             )));
         }
         if storage.source.is_empty() {

@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 
 use nix::mount::MsFlags;
 use protocols::oci::Spec;
-use rustix::fs::FileType;
 use slog::{info, warn};
 
 use super::manager::StorageManager;
+use super::mountinfo::{find_mount, read_mountinfo};
 use super::options::{MountOptions, OptionContext};
-use super::path::{self, NodeKind, ResolvedPath};
+use super::path::{self, ResolvedPath};
 use super::state::BindRecord;
 use super::StorageError;
 
@@ -61,6 +61,14 @@ impl StorageManager {
                     reason: "resolves to the container root itself".into(),
                 });
             }
+            // The bind is later unmounted by this path, so it must fit too.
+            if let Err(reason) = path::check_path_limits(&rootfs.join(&destination)) {
+                return Err(StorageError::Invalid {
+                    field: "destination",
+                    value: mount.destination.clone(),
+                    reason: format!("joined to Root.Path, the path {reason}"),
+                });
+            }
             let options = MountOptions::parse(&mount.options, OptionContext::Bind)?;
             if !options.data.is_empty() {
                 warn!(self.logger, "ignoring filesystem options on a bind";
@@ -76,20 +84,20 @@ impl StorageManager {
         Ok(binds)
     }
 
-    /// Makes the binds of one container; on failure the ones made by this
+    /// Makes the binds of one container; on failure the ones bound by this
     /// call are undone.
     pub(super) async fn bind_container(
         &self,
         container_id: &str,
         binds: &[BindRequest],
     ) -> Result<(), StorageError> {
-        let mut made: Vec<BindRecord> = Vec::new();
+        let mut bound: Vec<BindRecord> = Vec::new();
         for request in binds {
             match self.bind_one(container_id, request).await {
-                Ok(Some(record)) => made.push(record),
+                Ok(Some(record)) => bound.push(record),
                 Ok(None) => {}
                 Err(error) => {
-                    for record in made.iter().rev() {
+                    for record in bound.iter().rev() {
                         self.undo_bind(container_id, record).await;
                     }
                     return Err(error);
@@ -107,28 +115,21 @@ impl StorageManager {
         request: &BindRequest,
     ) -> Result<Option<BindRecord>, StorageError> {
         let Some(volume) = self.lookup_storage(&request.source) else {
-            return Err(StorageError::Invalid {
-                field: "source",
-                value: request.source.display().to_string(),
-                reason: "is under the storage root but not inside a mounted storage; \
-                         list the storage in the request"
-                    .into(),
-            });
+            return Err(not_in_storage(&request.source));
         };
         let _guard = self.lock_key(&volume).await;
+        // The storage may have been removed while this request waited.
+        if !self.lock_state().storages.contains_key(&volume) {
+            return Err(not_in_storage(&request.source));
+        }
         let relative = request
             .source
             .strip_prefix(&volume)
             .unwrap_or(Path::new(""));
         let source = path::resolve_in_root("source", &volume, relative, None)?;
-        let kind = match FileType::from_raw_mode(
-            rustix::fs::fstat(&source.fd)
-                .map_err(|errno| resolve_error("source", &volume, relative, errno))?
-                .st_mode,
-        ) {
-            FileType::Directory => NodeKind::Directory,
-            _ => NodeKind::File,
-        };
+        let kind = source
+            .node_kind()
+            .map_err(|errno| resolve_error("source", &volume, relative, errno))?;
 
         let target = path::resolve_in_root(
             "destination",
@@ -144,6 +145,9 @@ impl StorageManager {
         if already_bound {
             return Ok(None);
         }
+        if let Some(record) = self.adopt_bind(container_id, &volume, &source, &target)? {
+            return Ok(Some(record));
+        }
 
         let record = BindRecord {
             storage: volume.clone(),
@@ -154,13 +158,7 @@ impl StorageManager {
             path::remove_created(&target.created);
             return Err(error);
         }
-        let saved = self.update_state(|state| {
-            state
-                .binds
-                .entry(container_id.to_string())
-                .or_default()
-                .push(record.clone())
-        });
+        let saved = self.save_bind(container_id, &record);
         if let Err(error) = saved {
             self.undo_mount(&record.target);
             path::remove_created(&record.created);
@@ -172,7 +170,57 @@ impl StorageManager {
         Ok(Some(record))
     }
 
-    /// The mount point of the storage that `source` is or lies inside.
+    /// Records a bind of `source` found on `target` in mountinfo but not in
+    /// the state (the agent stopped between binding and saving), so that a
+    /// repeated request does not stack a second bind there.
+    fn adopt_bind(
+        &self,
+        container_id: &str,
+        storage: &Path,
+        source: &ResolvedPath,
+        target: &ResolvedPath,
+    ) -> Result<Option<BindRecord>, StorageError> {
+        let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
+        let storage_mount = find_mount(&entries, storage);
+        let target_mount = find_mount(&entries, &target.real_path);
+        let (Some(storage_mount), Some(target_mount)) = (storage_mount, target_mount) else {
+            return Ok(None);
+        };
+        // A bind shows the storage's device and, as its root, the path of
+        // the source inside the storage's filesystem.
+        let relative = source
+            .real_path
+            .strip_prefix(storage)
+            .unwrap_or(Path::new(""));
+        let same_device =
+            (target_mount.major, target_mount.minor) == (storage_mount.major, storage_mount.minor);
+        if !same_device || target_mount.root != storage_mount.root.join(relative) {
+            return Ok(None);
+        }
+
+        let record = BindRecord {
+            storage: storage.to_path_buf(),
+            target: target.real_path.clone(),
+            created: target.created.clone(),
+        };
+        self.save_bind(container_id, &record)?;
+        info!(self.logger, "bind already mounted, recorded";
+            "container_id" => container_id, "storage" => %storage.display(),
+            "mount_point" => %record.target.display());
+        Ok(Some(record))
+    }
+
+    fn save_bind(&self, container_id: &str, record: &BindRecord) -> Result<(), StorageError> {
+        self.update_state(|state| {
+            state
+                .binds
+                .entry(container_id.to_string())
+                .or_default()
+                .push(record.clone())
+        })
+    }
+
+    /// Finds the mount point of the storage that `source` is or lies inside.
     fn lookup_storage(&self, source: &Path) -> Option<PathBuf> {
         let state = self.lock_state();
         state
@@ -184,7 +232,8 @@ impl StorageManager {
     }
 
     /// Binds `source` onto `target`, then applies per-mount flags with a
-    /// bind remount and the propagation (private unless the mount asks).
+    /// bind remount and sets the propagation (private unless the OCI mount
+    /// names another).
     fn mount_bind(
         &self,
         request: &BindRequest,
@@ -277,6 +326,16 @@ impl StorageManager {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn not_in_storage(source: &Path) -> StorageError {
+    StorageError::Invalid {
+        field: "source",
+        value: source.display().to_string(),
+        reason: "is under the storage root but not inside a mounted storage; \
+                 list the storage in the request"
+            .into(),
     }
 }
 

@@ -21,6 +21,11 @@ pub enum StorageError {
          and no fs-{fstype} module); supported block filesystems: {supported}"
     )]
     UnsupportedFilesystem { fstype: String, supported: String },
+    #[error(
+        "filesystem type {fstype:?} does not mount a block device (the kernel lists it as \
+         nodev); use a block filesystem: {supported}"
+    )]
+    NodevFilesystem { fstype: String, supported: String },
     #[error("reading /proc/filesystems failed")]
     ReadKernelFilesystems {
         #[source]
@@ -50,6 +55,14 @@ pub enum StorageError {
         mounted: String,
         requested: String,
     },
+    #[error(
+        "mount point {mount_point} lies inside or over the mount at {other}; \
+         choose a mount point outside it or remove that storage first"
+    )]
+    NestedMountPoint {
+        mount_point: PathBuf,
+        other: PathBuf,
+    },
     #[error("creating mount point {path} failed")]
     CreateMountPoint {
         path: PathBuf,
@@ -64,11 +77,16 @@ pub enum StorageError {
         #[source]
         error: std::io::Error,
     },
-    #[error("mounting {device} ({fstype}) on {mount_point} failed")]
+    #[error(
+        "mounting {device} ({fstype}) on {mount_point} with options {options:?} failed; \
+         check the options and the filesystem on the disk"
+    )]
     Mount {
         device: PathBuf,
         fstype: String,
         mount_point: PathBuf,
+        /// The request's options as given, for the message.
+        options: String,
         #[source]
         error: Errno,
     },
@@ -131,19 +149,24 @@ pub enum StorageError {
 }
 
 impl StorageError {
-    /// The ttrpc status code a request failing with this error gets.
+    /// Returns the ttrpc status code for a request that fails with this error.
     pub fn code(&self) -> ttrpc::Code {
         use ttrpc::Code;
         match self {
             StorageError::Device(error) => error.code(),
-            StorageError::Invalid { .. } | StorageError::UnsupportedFilesystem { .. } => {
-                Code::INVALID_ARGUMENT
-            }
-            StorageError::FilesystemMismatch { .. } | StorageError::DeviceConflict { .. } => {
-                Code::FAILED_PRECONDITION
-            }
-            StorageError::Resolve { error, .. } if error.kind() == std::io::ErrorKind::NotFound => {
-                Code::NOT_FOUND
+            StorageError::Invalid { .. }
+            | StorageError::UnsupportedFilesystem { .. }
+            | StorageError::NodevFilesystem { .. } => Code::INVALID_ARGUMENT,
+            StorageError::FilesystemMismatch { .. }
+            | StorageError::DeviceConflict { .. }
+            | StorageError::NestedMountPoint { .. } => Code::FAILED_PRECONDITION,
+            StorageError::Resolve { error, .. } => {
+                match Errno::from_raw(error.raw_os_error().unwrap_or(0)) {
+                    Errno::ENOENT => Code::NOT_FOUND,
+                    // A path through a file, or a loop of links: bad input.
+                    Errno::ENOTDIR | Errno::ELOOP => Code::INVALID_ARGUMENT,
+                    _ => Code::INTERNAL,
+                }
             }
             StorageError::Mount { error, .. } | StorageError::Remount { error, .. } => {
                 errno_code(*error)

@@ -12,8 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::mount::{MntFlags, MsFlags};
+use nix::mount::MsFlags;
 use protocols::agent::Storage;
 use protocols::oci::Spec;
 use slog::{info, warn};
@@ -47,8 +46,8 @@ impl StorageManager {
         StorageManager::with_mounter(logger, config, registry, Arc::new(SystemMounter))
     }
 
-    /// Like [`StorageManager::new`], with the mount syscalls made through
-    /// `mounter`.
+    /// Creates the manager like [`StorageManager::new`], but makes the mount
+    /// syscalls through `mounter`.
     pub fn with_mounter(
         logger: slog::Logger,
         mut config: StorageConfig,
@@ -84,15 +83,15 @@ impl StorageManager {
         Ok(mount_points)
     }
 
-    /// Mounts each storage for `owner` and returns the mount points plus the
-    /// ones where `owner`'s reference is new, which a caller that fails later
-    /// releases again.
+    /// Mounts each storage for `owner` and returns the mount points and the
+    /// change made for each. A caller that fails later passes the changes to
+    /// [`StorageManager::undo_additions`].
     pub(super) async fn add_storages_undoable(
         &self,
         owner: &Owner,
         storages: &[Storage],
         timeout: Duration,
-    ) -> Result<(Vec<PathBuf>, Vec<PathBuf>), StorageError> {
+    ) -> Result<(Vec<PathBuf>, Vec<Addition>), StorageError> {
         // Every storage is checked before the first one is mounted, so a bad
         // entry anywhere leaves the system untouched.
         let requests = storages
@@ -102,43 +101,49 @@ impl StorageManager {
         let deadline = Instant::now() + timeout;
 
         let mut mount_points = Vec::new();
-        let mut new_references = Vec::new();
+        let mut additions = Vec::new();
         for request in &requests {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match self.add_storage(owner, request, remaining).await {
-                Ok(is_new) => {
-                    if is_new {
-                        new_references.push(request.mount_point.clone());
-                    }
+                Ok(addition) => {
+                    additions.push(addition);
                     mount_points.push(request.mount_point.clone());
                 }
                 Err(error) => {
-                    self.release(owner, &new_references).await;
+                    self.undo_additions(owner, &additions).await;
                     return Err(error);
                 }
             }
         }
-        Ok((mount_points, new_references))
+        Ok((mount_points, additions))
     }
 
-    /// Mounts one storage, or adds `owner` to it when it is mounted already;
-    /// returns whether `owner`'s reference is new.
+    /// Mounts one storage, or adds `owner` to it when it is mounted already.
     async fn add_storage(
         &self,
         owner: &Owner,
         request: &StorageRequest,
         timeout: Duration,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<Addition, StorageError> {
         let device = self.registry.wait_for(&request.address, timeout).await?;
         let mount_point = &request.mount_point;
         let _guard = self.lock_key(mount_point).await;
 
         if let Some(is_new) = self.add_to_recorded(owner, request, &device)? {
-            return Ok(is_new);
+            return Ok(Addition::referenced(mount_point, is_new));
         }
         let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
         if let Some(entry) = find_mount(&entries, mount_point) {
-            return self.adopt_mount(owner, request, &device, entry);
+            self.adopt_mount(owner, request, &device, entry)?;
+            return Ok(Addition::Referenced(mount_point.clone()));
+        }
+        // NOTE: two concurrent requests for nested mount points hold different
+        // locks, so both can pass this check before either mounts.
+        if let Some(entry) = find_nested_mount(&entries, &self.config.root, mount_point) {
+            return Err(StorageError::NestedMountPoint {
+                mount_point: mount_point.clone(),
+                other: entry.mount_point.clone(),
+            });
         }
 
         if !request.is_raw_block() {
@@ -151,7 +156,7 @@ impl StorageManager {
         };
         let created = path::create_mount_point(&self.config.root, mount_point, kind)?;
         let started = Instant::now();
-        if let Err(error) = self.mount_storage(request, &device) {
+        if let Err(error) = run_blocking(|| self.mount_storage(request, &device)) {
             path::remove_created(&created);
             return Err(error);
         }
@@ -167,9 +172,12 @@ impl StorageManager {
             return Err(error);
         }
         info!(self.logger, "storage mounted";
-            "mount_point" => %mount_point.display(), "device" => %device.dev_path.display(),
-            "fstype" => &request.fstype, "elapsed_ms" => started.elapsed().as_millis() as u64);
-        Ok(true)
+            "storage_id" => storage_id(mount_point),
+            "mount_point" => %mount_point.display(),
+            "device" => %device.dev_path.display(),
+            "fstype" => &request.fstype,
+            "elapsed_ms" => started.elapsed().as_millis() as u64);
+        Ok(Addition::Mounted(mount_point.clone()))
     }
 
     /// Handles a storage the state already records: the same device adds a
@@ -216,7 +224,7 @@ impl StorageManager {
         request: &StorageRequest,
         device: &BlockDevice,
         entry: &MountEntry,
-    ) -> Result<bool, StorageError> {
+    ) -> Result<(), StorageError> {
         let mount_point = &request.mount_point;
         let mounted = mounted_device_number(entry, request.is_raw_block());
         if mounted != Some((device.major, device.minor)) {
@@ -227,14 +235,19 @@ impl StorageManager {
                 device,
             ));
         }
-        let record = new_record(request, device, Vec::new());
+        // The directories listed in the lost record are unknown. The mount
+        // point itself lies in the agent's storage root, so the unmount
+        // removes it too when it is empty.
+        let record = new_record(request, device, vec![mount_point.clone()]);
         self.update_state(|state| {
             state.storages.insert(mount_point.clone(), record);
             state.add_owner(mount_point, owner, request.shared)
         })?;
         info!(self.logger, "storage already mounted, recorded";
-            "mount_point" => %mount_point.display(), "device" => %device.dev_path.display());
-        Ok(true)
+            "storage_id" => storage_id(mount_point),
+            "mount_point" => %mount_point.display(),
+            "device" => %device.dev_path.display());
+        Ok(())
     }
 
     /// Mounts the filesystem (or binds the raw device) and applies the
@@ -276,6 +289,7 @@ impl StorageManager {
             device: device.dev_path.clone(),
             fstype: request.fstype.clone(),
             mount_point: mount_point.clone(),
+            options: request.options_text.clone(),
             error,
         })?;
 
@@ -287,6 +301,8 @@ impl StorageManager {
             if let Some(propagation) = options.propagation {
                 self.set_propagation(mount_point, propagation)?;
             }
+            // NOTE: a raw block volume gets no fsGroup; its device node keeps
+            // the owner and mode that the guest's /dev gave it.
             if let (Some((group_id, policy)), false) = (request.fs_group, request.is_raw_block()) {
                 fsgroup::apply_fs_group(mount_point, group_id, policy, options.read_only())?;
                 if remount_read_only {
@@ -331,69 +347,6 @@ impl StorageManager {
             })
     }
 
-    /// Unmounts `target`, falling back to a lazy detach when it is busy;
-    /// a target that is no longer mounted counts as done.
-    pub(super) fn unmount(&self, target: &Path) -> Result<(), StorageError> {
-        let result = match self.mounter.umount2(target, MntFlags::UMOUNT_NOFOLLOW) {
-            Err(Errno::EBUSY) => {
-                warn!(self.logger, "mount busy, detaching lazily"; "mount_point" => %target.display());
-                self.mounter
-                    .umount2(target, MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH)
-            }
-            other => other,
-        };
-        match result {
-            Ok(()) => Ok(()),
-            Err(Errno::EINVAL | Errno::ENOENT) => {
-                warn!(self.logger, "not mounted any more"; "mount_point" => %target.display());
-                Ok(())
-            }
-            Err(error) => Err(StorageError::Unmount {
-                mount_point: target.to_path_buf(),
-                error,
-            }),
-        }
-    }
-
-    /// Drops `owner`'s reference to each of `mount_points` and unmounts the
-    /// ones left unused; failures are logged because the caller is already
-    /// returning another error.
-    async fn release(&self, owner: &Owner, mount_points: &[PathBuf]) {
-        for mount_point in mount_points.iter().rev() {
-            if let Err(error) = self.release_one(owner, mount_point).await {
-                warn!(self.logger, "undoing storage failed";
-                    "mount_point" => %mount_point.display(), "error" => %error);
-            }
-        }
-    }
-
-    /// Drops `owner`'s reference to one storage and unmounts it when unused.
-    pub(super) async fn release_one(
-        &self,
-        owner: &Owner,
-        mount_point: &Path,
-    ) -> Result<(), StorageError> {
-        let _guard = self.lock_key(mount_point).await;
-        let unused = self.update_state(|state| state.drop_owner(mount_point, owner))?;
-        if unused {
-            self.remove_storage(mount_point)?;
-        }
-        Ok(())
-    }
-
-    /// Unmounts a recorded storage and forgets it; the caller holds its lock.
-    pub(super) fn remove_storage(&self, mount_point: &Path) -> Result<(), StorageError> {
-        let Some(record) = self.lock_state().storages.get(mount_point).cloned() else {
-            return Ok(());
-        };
-        self.unmount(mount_point)?;
-        path::remove_created(&record.created);
-        self.update_state(|state| state.storages.remove(mount_point))?;
-        info!(self.logger, "storage unmounted";
-            "mount_point" => %mount_point.display(), "device" => %record.volume.dev_path.display());
-        Ok(())
-    }
-
     /// Mounts the container's storages and binds its OCI mounts.
     pub async fn create_container(
         &self,
@@ -404,51 +357,14 @@ impl StorageManager {
     ) -> Result<(), StorageError> {
         let owner = Owner::Container(container_id.to_string());
         let binds = self.parse_binds(spec)?;
-        let (_, new_references) = self
+        let (_, additions) = self
             .add_storages_undoable(&owner, storages, timeout)
             .await?;
         if let Err(error) = self.bind_container(container_id, &binds).await {
-            self.release(&owner, &new_references).await;
+            self.undo_additions(&owner, &additions).await;
             return Err(error);
         }
         Ok(())
-    }
-
-    /// Undoes the container's binds and drops its references. Every bind and
-    /// storage is tried; the first failure is returned.
-    pub async fn remove_container(&self, container_id: &str) -> Result<(), StorageError> {
-        let mut first_error = self.unbind_container(container_id).await.err();
-        let owner = Owner::Container(container_id.to_string());
-        let held = self.lock_state().held_by(&owner);
-        for mount_point in held {
-            if let Err(error) = self.release_one(&owner, &mount_point).await {
-                warn!(self.logger, "releasing storage failed";
-                    "mount_point" => %mount_point.display(), "error" => %error);
-                first_error.get_or_insert(error);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
-    }
-
-    /// Removes every bind and storage.
-    pub async fn destroy_sandbox(&self) -> Result<(), StorageError> {
-        let mut first_error = None;
-        let containers: Vec<String> = self.lock_state().binds.keys().cloned().collect();
-        for container_id in containers {
-            if let Err(error) = self.unbind_container(&container_id).await {
-                first_error.get_or_insert(error);
-            }
-        }
-        let mount_points: Vec<PathBuf> = self.lock_state().storages.keys().cloned().collect();
-        for mount_point in mount_points.iter().rev() {
-            let _guard = self.lock_key(mount_point).await;
-            if let Err(error) = self.remove_storage(mount_point) {
-                warn!(self.logger, "removing storage failed";
-                    "mount_point" => %mount_point.display(), "error" => %error);
-                first_error.get_or_insert(error);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
     }
 
     /// Finds the managed storage that `path` (a mount point, a bind target
@@ -470,9 +386,8 @@ impl StorageManager {
     }
 
     pub(super) async fn lock_key(&self, mount_point: &Path) -> OwnedMutexGuard<()> {
-        // NOTE: locks are never removed from the map; one small entry stays
-        // per mount point ever used, which bounds it by the storages a
-        // sandbox sees.
+        // NOTE: locks are never removed from the map, so it keeps one small
+        // entry per mount point used since the agent started.
         let lock = {
             let mut locks = self
                 .locks
@@ -511,6 +426,48 @@ impl StorageManager {
     }
 }
 
+/// Runs `work`, which blocks (mount(2), an fsGroup walk over a whole
+/// volume), so that the other tasks of this runtime worker, such as health
+/// checks, move to another thread meanwhile. A current-thread runtime, as in
+/// unit tests, runs it in place.
+fn run_blocking<T>(work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
+/// Returns the storage's id as the host names it, which is the last
+/// component of its mount point.
+pub(super) fn storage_id(mount_point: &Path) -> String {
+    let name = mount_point.file_name().unwrap_or_default();
+    name.to_string_lossy().into_owned()
+}
+
+/// Change made by adding one storage, which an undo reverses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Addition {
+    /// The request mounted the storage.
+    Mounted(PathBuf),
+    /// The storage was mounted already and the owner's reference is new.
+    Referenced(PathBuf),
+    /// The owner already held a reference.
+    Unchanged,
+}
+
+impl Addition {
+    fn referenced(mount_point: &Path, is_new: bool) -> Addition {
+        if is_new {
+            Addition::Referenced(mount_point.to_path_buf())
+        } else {
+            Addition::Unchanged
+        }
+    }
+}
+
 fn new_record(
     request: &StorageRequest,
     device: &BlockDevice,
@@ -546,8 +503,25 @@ fn device_conflict(mount_point: &Path, mounted: String, requested: &BlockDevice)
     }
 }
 
-/// The device behind a mount: the filesystem's device number, or for a raw
-/// block volume the device node bound onto the mount point file.
+/// Finds a mount below `root` that lies inside `mount_point` or contains it.
+/// Mounting there would write a directory into another volume, or hide a
+/// mount so that it could no longer be unmounted by its path.
+fn find_nested_mount<'a>(
+    entries: &'a [MountEntry],
+    root: &Path,
+    mount_point: &Path,
+) -> Option<&'a MountEntry> {
+    entries.iter().find(|entry| {
+        let other = &entry.mount_point;
+        other != root
+            && other != mount_point
+            && other.starts_with(root)
+            && (other.starts_with(mount_point) || mount_point.starts_with(other))
+    })
+}
+
+/// Returns the device number behind a mount: the filesystem's, or for a raw
+/// block volume that of the device node bound onto the mount point file.
 fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u32)> {
     if !raw_block {
         return Some((entry.major, entry.minor));
@@ -563,8 +537,8 @@ fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u3
     ))
 }
 
-/// Drops records whose mount is gone or now holds another device, so the
-/// state matches the mount table after a restart.
+/// Drops records whose mount is gone or now has another device, so that
+/// the state matches the mount table after a restart.
 fn reconcile(logger: &slog::Logger, state: &mut State, entries: &[MountEntry]) {
     state.storages.retain(|mount_point, record| {
         let volume = &record.volume;

@@ -1,7 +1,9 @@
 //! Manager tests through [`RecordingMounter`]: the mount calls and the
-//! refcount, without root. Raw block storages (empty fstype) are used where
-//! a device is needed, because they need no superblock read; any block
-//! device node in /dev serves, since nothing is really mounted.
+//! refcount, without root.
+//!
+//! Where a device is needed the tests use raw block storages (empty
+//! fstype), because those need no superblock read. Any block device node in
+//! /dev works, since nothing is really mounted.
 
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -133,7 +135,7 @@ async fn refcount_mounts_once_and_unmounts_after_last() {
     let spec1 = spec(&rootfs1, &mount_point, "/dev/xvdb", &["ro"]);
     fixture
         .manager
-        .create_container("c1", &[storage.clone()], Some(&spec1), TIMEOUT)
+        .create_container("c1", std::slice::from_ref(&storage), Some(&spec1), TIMEOUT)
         .await
         .unwrap();
     let calls = fixture.mounter.calls();
@@ -171,7 +173,7 @@ async fn refcount_mounts_once_and_unmounts_after_last() {
     let spec2 = spec(&rootfs2, &mount_point, "/dev/xvdb", &["rslave"]);
     fixture
         .manager
-        .create_container("c2", &[storage.clone()], Some(&spec2), TIMEOUT)
+        .create_container("c2", std::slice::from_ref(&storage), Some(&spec2), TIMEOUT)
         .await
         .unwrap();
     let calls = fixture.mounter.calls();
@@ -208,7 +210,13 @@ async fn failed_mount_leaves_nothing() {
     let fixture = Fixture::new();
     let first = fixture.root().join("first");
     let second = fixture.root().join("nested/second");
-    let storages = [raw_storage(&device, &first), raw_storage(&device, &second)];
+    // A shared storage is kept past its owners, but not when the request
+    // that mounted it fails.
+    let shared = Storage {
+        shared: true,
+        ..raw_storage(&device, &first)
+    };
+    let storages = [shared, raw_storage(&device, &second)];
     fixture.fail_next(&[None, Some(Errno::EPERM)]);
 
     let error = fixture
@@ -407,4 +415,46 @@ async fn busy_unmount_falls_back_to_detach() {
             MntFlags::UMOUNT_NOFOLLOW | MntFlags::MNT_DETACH
         ]
     );
+}
+
+#[tokio::test]
+async fn storage_lock_serializes_one_storage_only() {
+    let Some(device) = any_block_device() else {
+        eprintln!("skipping: no block device node in /dev");
+        return;
+    };
+    let fixture = Fixture::new();
+    let locked = fixture.root().join("locked");
+    let free = fixture.root().join("free");
+    let guard = fixture.manager.lock_storage(&locked).await;
+
+    let manager = fixture.manager.clone();
+    let locked_storage = [raw_storage(&device, &locked)];
+    let blocked = tokio::spawn(async move {
+        manager
+            .add_storages(&super::Owner::Sandbox, &locked_storage, TIMEOUT)
+            .await
+    });
+    let free_storage = [raw_storage(&device, &free)];
+    let other = fixture
+        .manager
+        .add_storages(&super::Owner::Sandbox, &free_storage, TIMEOUT);
+    tokio::time::timeout(Duration::from_secs(5), other)
+        .await
+        .expect("another storage proceeds while one is locked")
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !blocked.is_finished(),
+        "the locked storage waits for its lock"
+    );
+    assert!(!locked.exists());
+
+    drop(guard);
+    tokio::time::timeout(Duration::from_secs(5), blocked)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(fixture.manager.lookup_path(&locked).is_some());
 }

@@ -5,9 +5,9 @@
 //! is a regular file and the device node is bind-mounted onto it, so a
 //! container receives the device itself rather than a filesystem.
 //!
-//! Logging: `error` is left to the request handler, which logs each failed
-//! request once; `warn` marks a harmless anomaly (a lazy unmount, a stale
-//! record dropped); `info` marks a mount, unmount or bind.
+//! Logging: the request handler logs each failed request once at `error`.
+//! Here `warn` marks a harmless anomaly such as a lazy unmount or a dropped
+//! stale record, and `info` marks a mount, unmount or bind.
 
 mod bind;
 mod error;
@@ -19,7 +19,10 @@ pub mod mounter;
 pub mod mountinfo;
 pub mod options;
 pub mod path;
+#[cfg(test)]
+mod path_race_tests;
 pub mod probe;
+mod remove;
 mod request;
 mod state;
 
@@ -29,7 +32,7 @@ pub use error::StorageError;
 pub use fsgroup::ChangePolicy;
 pub use manager::StorageManager;
 
-/// Who holds a reference to a storage.
+/// Holder of a reference to a storage.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Owner {
     Sandbox,
@@ -45,7 +48,7 @@ pub struct StorageConfig {
     pub state_file: PathBuf,
 }
 
-/// A mounted storage, as the volume service sees it.
+/// A mounted storage, as the volume service uses it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ManagedVolume {
     pub mount_point: PathBuf,

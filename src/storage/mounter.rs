@@ -65,7 +65,7 @@ pub enum MountCall {
     },
 }
 
-/// A [`Mounter`] that records calls and fails the ones a test asks it to.
+/// A [`Mounter`] that records calls and fails the ones a test selects.
 #[cfg(test)]
 #[derive(Debug, Default)]
 pub struct RecordingMounter {

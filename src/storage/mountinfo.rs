@@ -26,7 +26,7 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     text.lines().filter_map(parse_line).collect()
 }
 
-/// The top-most mount at `mount_point`, if any: the kernel lists mounts in
+/// Finds the top-most mount at `mount_point`. The kernel lists mounts in
 /// the order they were made, so a later line covers an earlier one.
 pub fn find_mount<'a>(entries: &'a [MountEntry], mount_point: &Path) -> Option<&'a MountEntry> {
     entries

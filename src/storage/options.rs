@@ -41,6 +41,10 @@ const FLAG_PAIRS: &[(&str, &str, MsFlags)] = &[
     ("lazytime", "nolazytime", MsFlags::MS_LAZYTIME),
     ("silent", "loud", MsFlags::MS_SILENT),
     ("mand", "nomand", MsFlags::MS_MANDLOCK),
+    ("iversion", "noiversion", MsFlags::MS_I_VERSION),
+    ("noatime", "atime", MsFlags::MS_NOATIME),
+    ("relatime", "norelatime", MsFlags::MS_RELATIME),
+    ("strictatime", "nostrictatime", MsFlags::MS_STRICTATIME),
 ];
 
 /// Access-time modes; the kernel takes at most one of them.
@@ -50,9 +54,6 @@ const ATIME_MODES: &[(&str, MsFlags)] = &[
     ("strictatime", MsFlags::MS_STRICTATIME),
 ];
 
-/// Options that undo an access-time mode rather than select one.
-const ATIME_CLEARS: &[&str] = &["atime", "norelatime", "nostrictatime"];
-
 const PROPAGATION: &[(&str, MsFlags)] = &[
     ("shared", MsFlags::MS_SHARED),
     ("private", MsFlags::MS_PRIVATE),
@@ -60,14 +61,15 @@ const PROPAGATION: &[(&str, MsFlags)] = &[
     ("unbindable", MsFlags::MS_UNBINDABLE),
 ];
 
-/// Options that only userspace mount(8) or fstab reads; the kernel never
-/// sees them, so they are accepted and dropped.
+/// Options that only mount(8) and fstab use. mount(8) removes them before
+/// calling mount(2), so they are accepted and dropped here too.
 const USERSPACE_ONLY: &[&str] = &[
     "defaults", "auto", "noauto", "user", "nouser", "users", "owner", "group", "_netdev", "nofail",
 ];
 
-/// Options that describe a different kind of mount than mounting a device.
-const NOT_FOR_DEVICE: &[&str] = &["remount", "move", "loop"];
+/// Options that ask for another kind of mount (a remount, a move, a loop
+/// device), which a request never gets.
+const OTHER_MOUNT_KINDS: &[&str] = &["remount", "move", "loop"];
 
 impl Default for MountOptions {
     fn default() -> MountOptions {
@@ -80,13 +82,17 @@ impl Default for MountOptions {
     }
 }
 
+/// Longest filesystem data string that mount(2) passes on whole. The kernel
+/// copies one page (4096 bytes on x86-64) and
+/// ends it with a NUL, so anything longer is cut without an error.
+pub const MAX_MOUNT_DATA_BYTES: usize = 4095;
+
 impl MountOptions {
     /// Parses `options`; each entry may itself be a comma-separated list,
     /// and commas inside double quotes (`context="a,b"`) do not split.
     pub fn parse(options: &[String], context: OptionContext) -> Result<MountOptions, StorageError> {
         let mut parsed = MountOptions::default();
-        let mut seen_flags: Vec<(&'static str, MsFlags)> = Vec::new();
-        let mut atime: Option<&str> = None;
+        let mut seen_flags: Vec<&str> = Vec::new();
         let mut propagation: Option<String> = None;
 
         for entry in options {
@@ -100,23 +106,11 @@ impl MountOptions {
                 {
                     let side = if option == set { set } else { clear };
                     let other = if side == set { clear } else { set };
-                    if seen_flags.iter().any(|(seen, _)| *seen == other) {
+                    if seen_flags.contains(&other) {
                         return Err(conflict(side, other));
                     }
-                    seen_flags.push((side, flag));
+                    seen_flags.push(side);
                     parsed.flags.set(flag, side == set);
-                } else if let Some(&(mode, flag)) =
-                    ATIME_MODES.iter().find(|(mode, _)| option == *mode)
-                {
-                    if let Some(previous) = atime.filter(|previous| *previous != mode) {
-                        return Err(conflict(mode, previous));
-                    }
-                    atime = Some(mode);
-                    parsed.flags.insert(flag);
-                } else if ATIME_CLEARS.contains(&option) {
-                    if let Some(previous) = atime {
-                        return Err(conflict(option, previous));
-                    }
                 } else if let Some(flag) = propagation_flag(option) {
                     if let Some(previous) = propagation
                         .as_deref()
@@ -136,7 +130,7 @@ impl MountOptions {
                         MsFlags::empty()
                     };
                     parsed.bind = Some(MsFlags::MS_BIND | recursive);
-                } else if NOT_FOR_DEVICE.contains(&name) {
+                } else if OTHER_MOUNT_KINDS.contains(&name) {
                     return Err(not_for_device(option));
                 } else if USERSPACE_ONLY.contains(&option)
                     || name.starts_with("x-")
@@ -147,6 +141,25 @@ impl MountOptions {
                     parsed.data.push(option.to_string());
                 }
             }
+        }
+        let atime_modes: Vec<&str> = ATIME_MODES
+            .iter()
+            .filter(|(_, flag)| parsed.flags.contains(*flag))
+            .map(|(name, _)| *name)
+            .collect();
+        if let [first, second, ..] = atime_modes.as_slice() {
+            return Err(conflict(second, first));
+        }
+        let data_len = parsed.data_string().map_or(0, |data| data.len());
+        if data_len > MAX_MOUNT_DATA_BYTES {
+            return Err(StorageError::Invalid {
+                field: "options",
+                value: options.join(","),
+                reason: format!(
+                    "the filesystem options are {data_len} bytes long, but mount(2) reads at \
+                     most {MAX_MOUNT_DATA_BYTES} and would drop the rest; remove options"
+                ),
+            });
         }
         Ok(parsed)
     }
@@ -160,13 +173,13 @@ impl MountOptions {
         }
     }
 
-    /// Whether the mount is read-only.
+    /// Returns true when the mount is read-only.
     pub fn read_only(&self) -> bool {
         self.flags.contains(MsFlags::MS_RDONLY)
     }
 
-    /// The flags that are per mount rather than per superblock, which a bind
-    /// remount sets as a whole.
+    /// Returns the flags that belong to the mount rather than the superblock,
+    /// which a bind remount replaces as a whole.
     pub fn per_mount_flags(&self) -> MsFlags {
         self.flags
             & (MsFlags::MS_RDONLY
@@ -271,6 +284,22 @@ mod tests {
     }
 
     #[test]
+    fn data_longer_than_a_page_is_rejected() {
+        // 4095 bytes of data pass, because mount(2) keeps one page including
+        // the terminating NUL.
+        let filler = format!("commit={}", "0".repeat(MAX_MOUNT_DATA_BYTES - 8));
+        let longest = [filler.as_str(), "5"].concat();
+        assert_eq!(longest.len(), MAX_MOUNT_DATA_BYTES);
+        assert!(parse(&[longest.as_str()], OptionContext::Device).is_ok());
+
+        let text = rejected(
+            &[longest.as_str(), "errors=remount-ro"],
+            OptionContext::Device,
+        );
+        assert!(text.contains("4095"), "{text}");
+    }
+
+    #[test]
     fn flags_and_their_opposites() {
         let cases: &[(&[&str], MsFlags)] = &[
             (&["ro"], MsFlags::MS_RDONLY),
@@ -295,6 +324,9 @@ mod tests {
                 MsFlags::MS_STRICTATIME | MsFlags::MS_LAZYTIME,
             ),
             (&["atime", "diratime", "nolazytime"], MsFlags::empty()),
+            (&["relatime", "atime"], MsFlags::MS_RELATIME),
+            (&["noatime", "norelatime"], MsFlags::MS_NOATIME),
+            (&["iversion"], MsFlags::MS_I_VERSION),
             (&["ro,nosuid"], MsFlags::MS_RDONLY | MsFlags::MS_NOSUID),
             (
                 &[
@@ -376,6 +408,7 @@ mod tests {
             &["noatime", "relatime"],
             &["strictatime", "noatime"],
             &["relatime", "norelatime"],
+            &["atime", "noatime"],
             &["shared", "private"],
             &["rslave", "slave"],
         ];

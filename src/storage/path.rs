@@ -10,11 +10,12 @@ use rustix::io::Errno;
 
 use super::StorageError;
 
-/// What a mount point or bind target must be.
+/// File type a mount point or bind target must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NodeKind {
     Directory,
-    /// A regular file, for a raw block volume or a bind of a single file.
+    /// Anything but a directory, for a raw block volume or a bind of a single
+    /// file; a regular file is created when missing.
     File,
 }
 
@@ -35,7 +36,37 @@ pub fn clean_absolute(field: &'static str, text: &str) -> Result<PathBuf, Storag
     if !text.starts_with('/') {
         return Err(invalid("is not an absolute path"));
     }
-    Ok(clean_components(Path::new(text)))
+    let clean = clean_components(Path::new(text));
+    check_path_limits(&clean).map_err(|reason| invalid(&reason))?;
+    Ok(clean)
+}
+
+/// Longest file name, in bytes, that Linux filesystems accept (NAME_MAX).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest path, in bytes, that system calls such as mount(2) and rmdir(2)
+/// accept (PATH_MAX less the terminating NUL).
+pub const MAX_PATH_BYTES: usize = 4095;
+
+/// Checks `path` against [`MAX_NAME_BYTES`] and [`MAX_PATH_BYTES`], so that a
+/// path the kernel cannot take is rejected before anything is created.
+pub fn check_path_limits(path: &Path) -> Result<(), String> {
+    let length = path.as_os_str().len();
+    if length > MAX_PATH_BYTES {
+        return Err(format!(
+            "is {length} bytes long once cleaned; paths are limited to {MAX_PATH_BYTES} bytes"
+        ));
+    }
+    let longest_name = path
+        .components()
+        .map(|component| component.as_os_str().len())
+        .max()
+        .unwrap_or(0);
+    if longest_name > MAX_NAME_BYTES {
+        return Err(format!(
+            "has a {longest_name}-byte name; names are limited to {MAX_NAME_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// Applies `.` and `..` lexically, clamping at `/`.
@@ -104,8 +135,8 @@ pub fn create_mount_point(
         let name = name.as_os_str();
         current.push(name);
         let last = index + 1 == names.len();
-        let wanted = if last { kind } else { NodeKind::Directory };
-        let result = open_or_create(&directory, name, wanted);
+        let expected_kind = if last { kind } else { NodeKind::Directory };
+        let result = open_or_create(&directory, name, expected_kind);
         let (fd, was_created) = match result {
             Ok(opened) => opened,
             Err(error) => {
@@ -126,7 +157,7 @@ pub fn create_mount_point(
                         reason: format!(
                             "{} exists as a {found}, expected a {}",
                             current.display(),
-                            kind_name(wanted)
+                            kind_name(expected_kind)
                         ),
                     },
                 });
@@ -199,27 +230,32 @@ fn create_node(directory: &OwnedFd, name: &std::ffi::OsStr, kind: NodeKind) -> R
 fn check_kind(fd: &OwnedFd, kind: NodeKind) -> Result<(), OpenError> {
     let stat = rustix::fs::fstat(fd).map_err(OpenError::Errno)?;
     let file_type = FileType::from_raw_mode(stat.st_mode);
+    // A bind over a file target leaves whatever the source was (a device
+    // node for a raw block volume), so any non-directory serves as a file.
     match (file_type, kind) {
-        (FileType::Directory, NodeKind::Directory) | (FileType::RegularFile, NodeKind::File) => {
-            Ok(())
-        }
         (FileType::Symlink, _) => Err(OpenError::Symlink),
-        (FileType::Directory, _) => Err(OpenError::WrongType("directory")),
-        (FileType::RegularFile, _) => Err(OpenError::WrongType("regular file")),
-        _ => Err(OpenError::WrongType("special file")),
+        (FileType::Directory, NodeKind::Directory) => Ok(()),
+        (FileType::Directory, NodeKind::File) => Err(OpenError::WrongType("directory")),
+        (_, NodeKind::File) => Ok(()),
+        (FileType::RegularFile, NodeKind::Directory) => Err(OpenError::WrongType("regular file")),
+        (_, NodeKind::Directory) => Err(OpenError::WrongType("special file")),
     }
 }
 
 fn kind_name(kind: NodeKind) -> &'static str {
     match kind {
         NodeKind::Directory => "directory",
-        NodeKind::File => "regular file",
+        NodeKind::File => "file (not a directory)",
     }
 }
 
 fn open_path(path: &Path, extra: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC | extra, Mode::empty())
 }
+
+/// Attempts of one openat2(2) resolution that the kernel answers with
+/// EAGAIN because of concurrent renames or mounts.
+const MAX_RESOLVE_ATTEMPTS: u32 = 64;
 
 /// A path opened inside a root, held as an `O_PATH` descriptor so that a
 /// mount can target it through `/proc/self/fd` without resolving the path
@@ -234,7 +270,16 @@ pub struct ResolvedPath {
 }
 
 impl ResolvedPath {
-    /// The magic link to hand to mount(2).
+    /// Returns the kind of node the descriptor refers to.
+    pub fn node_kind(&self) -> Result<NodeKind, Errno> {
+        let stat = rustix::fs::fstat(&self.fd)?;
+        match FileType::from_raw_mode(stat.st_mode) {
+            FileType::Directory => Ok(NodeKind::Directory),
+            _ => Ok(NodeKind::File),
+        }
+    }
+
+    /// Returns the `/proc/self/fd` magic link to hand to mount(2).
     pub fn proc_path(&self) -> PathBuf {
         fd_proc_path(&self.fd)
     }
@@ -285,13 +330,22 @@ pub fn resolve_in_root(
         open_path(root, OFlags::DIRECTORY).map_err(|errno| fail(Path::new("/"), errno))?;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |path: &Path| {
-        rustix::fs::openat2(
-            &root_fd,
-            path,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve,
-        )
+        let mut attempts = 1;
+        loop {
+            let result = rustix::fs::openat2(
+                &root_fd,
+                path,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            );
+            // EAGAIN: a rename or mount anywhere in the system ran during a
+            // `..` step, so the kernel could not vouch for it. Try again.
+            match result {
+                Err(Errno::AGAIN) if attempts < MAX_RESOLVE_ATTEMPTS => attempts += 1,
+                other => return other,
+            }
+        }
     };
 
     let Some(kind) = create else {
@@ -323,7 +377,7 @@ pub fn resolve_in_root(
     for (index, name) in names.iter().enumerate() {
         let name = name.as_os_str();
         prefix.push(name);
-        let wanted = if index + 1 == names.len() {
+        let expected_kind = if index + 1 == names.len() {
             kind
         } else {
             NodeKind::Directory
@@ -332,10 +386,10 @@ pub fn resolve_in_root(
             Ok(fd) => fd,
             Err(Errno::NOENT) => {
                 // The parent is already resolved inside the root, so the new
-                // node is made there; a dangling link in its place makes the
+                // node is made there. A dangling link in its place makes the
                 // creation fail with EEXIST rather than follow the link.
                 let step = (|| {
-                    create_node(&directory, name, wanted)?;
+                    create_node(&directory, name, expected_kind)?;
                     let parent = real_path(&directory)?;
                     created.push(parent.join(name));
                     open(&prefix)
@@ -364,7 +418,7 @@ pub fn resolve_in_root(
                 return Err(fail(&prefix, errno));
             }
         };
-        if let Err(error) = check_kind(&fd, wanted) {
+        if let Err(error) = check_kind(&fd, expected_kind) {
             remove_created(&created);
             let found = match error {
                 OpenError::Errno(errno) => return Err(fail(&prefix, errno)),
@@ -377,7 +431,7 @@ pub fn resolve_in_root(
                 reason: format!(
                     "exists inside {} as a {found}, expected a {}",
                     root.display(),
-                    kind_name(wanted)
+                    kind_name(expected_kind)
                 ),
             });
         }

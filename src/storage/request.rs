@@ -20,6 +20,8 @@ pub struct StorageRequest {
     /// Empty for a raw block volume.
     pub fstype: String,
     pub options: MountOptions,
+    /// `Storage.options` joined with commas, for messages.
+    pub options_text: String,
     pub fs_group: Option<(u32, ChangePolicy)>,
     pub shared: bool,
 }
@@ -57,12 +59,13 @@ impl StorageRequest {
             mount_point,
             fstype: storage.fstype.clone(),
             options,
+            options_text: storage.options.join(","),
             fs_group,
             shared: storage.shared,
         })
     }
 
-    /// Whether this is a raw block volume (no filesystem is mounted).
+    /// Returns true for a raw block volume, where no filesystem is mounted.
     pub fn is_raw_block(&self) -> bool {
         self.fstype.is_empty()
     }

@@ -1,5 +1,6 @@
-//! The manager's bookkeeping (which storage is mounted where, who holds it,
-//! which binds each container has) and its persistence in the state file.
+//! The manager's records of which storage is mounted where, which owners
+//! reference it and which binds each container has, and their persistence
+//! in the state file.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -32,13 +33,13 @@ pub struct StorageRecord {
 pub struct BindRecord {
     /// Mount point of the storage the bind comes from.
     pub storage: PathBuf,
-    /// Where the bind is mounted, as the kernel resolved it.
+    /// Bind mount point, as the kernel resolved it.
     pub target: PathBuf,
     /// Paths created inside the rootfs for the target, outermost first.
     pub created: Vec<PathBuf>,
 }
 
-/// Everything the manager knows, as persisted.
+/// All records of the manager, as persisted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct State {
     pub storages: BTreeMap<PathBuf, StorageRecord>,
@@ -46,7 +47,7 @@ pub struct State {
     pub binds: BTreeMap<String, Vec<BindRecord>>,
 }
 
-/// The key an owner's reference is stored under.
+/// Returns the key an owner's reference is stored under.
 pub fn owner_key(owner: &Owner) -> String {
     match owner {
         Owner::Sandbox => SANDBOX_KEY.to_string(),
@@ -75,18 +76,26 @@ impl State {
         record.owners.is_empty() && !record.shared
     }
 
-    /// Mount points of the storages `owner` holds a reference to.
-    pub fn held_by(&self, owner: &Owner) -> Vec<PathBuf> {
+    /// Returns true when the storage at `mount_point` has no owner.
+    pub fn is_unowned(&self, mount_point: &Path) -> bool {
+        let record = self.storages.get(mount_point);
+        record.is_some_and(|record| record.owners.is_empty())
+    }
+
+    /// Returns the mount points of the storages that `owner` references.
+    pub fn referenced_by(&self, owner: &Owner) -> Vec<PathBuf> {
         let key = owner_key(owner);
-        let held = self
+        let referenced = self
             .storages
             .iter()
             .filter(|(_, record)| record.owners.contains(&key));
-        held.map(|(mount_point, _)| mount_point.clone()).collect()
+        referenced
+            .map(|(mount_point, _)| mount_point.clone())
+            .collect()
     }
 
-    /// The storage that `path` is, or lies inside, directly or through a
-    /// container bind; the longest match wins.
+    /// Finds the storage that `path` is, or lies inside, directly or through
+    /// a container bind. The longest match wins.
     pub fn lookup(&self, path: &Path) -> Option<&StorageRecord> {
         let by_mount = self
             .storages
@@ -174,8 +183,9 @@ mod tests {
     /// Drops `owner` everywhere, as RemoveContainer does, and returns the
     /// storages left unused.
     fn drop_everywhere(state: &mut State, owner: &Owner) -> Vec<PathBuf> {
-        let held = state.held_by(owner);
-        held.into_iter()
+        let referenced = state.referenced_by(owner);
+        referenced
+            .into_iter()
             .filter(|mount_point| state.drop_owner(mount_point, owner))
             .collect()
     }

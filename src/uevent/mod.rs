@@ -1,7 +1,13 @@
 //! Kernel uevents: the parser of the netlink message format and the
 //! `NETLINK_KOBJECT_UEVENT` listener that feeds the device registry.
 
+mod netlink;
+mod parse;
+
 use std::collections::HashMap;
+
+pub use netlink::spawn_listener;
+pub use parse::UeventError;
 
 /// One kernel uevent.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -17,15 +23,18 @@ pub struct Uevent {
     pub devtype: Option<String>,
     pub major: Option<u32>,
     pub minor: Option<u32>,
+    /// Partition number, set on `partition` events only.
+    pub partn: Option<u32>,
     pub seqnum: Option<u64>,
+    /// `RESIZE=1`: a `change` event sent because the disk capacity changed.
+    pub resize: bool,
     /// Every `KEY=VALUE` pair of the message.
     pub env: HashMap<String, String>,
 }
 
-/// Starts reading kernel uevents into `registry` on a background task.
-pub fn spawn_listener(
-    _logger: slog::Logger,
-    _registry: std::sync::Arc<crate::device::DeviceRegistry>,
-) -> std::io::Result<()> {
-    Ok(())
+impl Uevent {
+    /// True for a whole disk of the block subsystem (not a partition).
+    pub fn is_block_disk(&self) -> bool {
+        self.subsystem == "block" && self.devtype.as_deref() == Some("disk")
+    }
 }

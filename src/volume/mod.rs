@@ -1,43 +1,55 @@
 //! Volume statistics and online grow.
+//!
+//! [`VolumeService::stats`] serves `GetVolumeStats` for a storage mount
+//! point, a bind target of one in a container rootfs, or any path inside
+//! either: byte and inode usage from `statfs`, or the device size for a raw
+//! block volume, and a condition judged from sysfs, the mount table and
+//! probes of the mount root. [`VolumeService::resize`] serves
+//! `ResizeVolume`: rescan the device, wait for its new size, grow the
+//! filesystem online and confirm the growth by `statfs`.
+//!
+//! Calls that can sleep forever on a dead device (statfs, open, ioctls)
+//! run as bounded probes, see [`probe`]. Requests on one storage are
+//! serialized through [`StorageManager::lock_storage`].
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+pub mod blockdev;
+pub mod condition;
+mod error;
+pub mod geometry;
+mod grow;
+pub mod mountinfo;
+pub mod probe;
+mod stats;
+pub mod usage;
 
-use protocols::csi::{VolumeCondition, VolumeStatsResponse, VolumeUsage};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use slog::info;
 
 use crate::device::DeviceRegistry;
-use crate::storage::StorageManager;
+use crate::storage::{ManagedVolume, StorageManager};
 
-#[derive(Debug, thiserror::Error)]
-pub enum VolumeError {
-    #[error("volume path {path} not found")]
-    NotFound { path: PathBuf },
-    #[error("statfs on {path} failed")]
-    Statfs {
-        path: PathBuf,
-        #[source]
-        error: nix::Error,
-    },
-    #[error("resizing {path} is not available yet")]
-    ResizeUnavailable { path: PathBuf },
-}
+pub use error::VolumeError;
+pub use grow::ResizeOutcome;
+use probe::Prober;
 
-impl VolumeError {
-    /// The ttrpc status code a request failing with this error gets.
-    pub fn code(&self) -> ttrpc::Code {
-        match self {
-            VolumeError::NotFound { .. } => ttrpc::Code::NOT_FOUND,
-            VolumeError::Statfs { .. } => ttrpc::Code::INTERNAL,
-            VolumeError::ResizeUnavailable { .. } => ttrpc::Code::UNIMPLEMENTED,
-        }
-    }
-}
+/// Largest part of a resize timeout reserved for the reply, see [`reply_margin`].
+const MAX_REPLY_MARGIN: Duration = Duration::from_secs(1);
+
+/// Default bound on one blocking probe of a volume.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct VolumeService {
     logger: slog::Logger,
     storage: Arc<StorageManager>,
     registry: Arc<DeviceRegistry>,
+    sysfs_root: PathBuf,
+    prober: Prober,
+    /// Condition message last reported per mount point, to log changes only.
+    last_conditions: Mutex<HashMap<PathBuf, String>>,
 }
 
 impl VolumeService {
@@ -50,43 +62,160 @@ impl VolumeService {
             logger,
             storage,
             registry,
+            sysfs_root: PathBuf::from("/sys"),
+            prober: Prober::new(DEFAULT_PROBE_TIMEOUT),
+            last_conditions: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Sets the sysfs root used for devices the registry does not know and
+    /// for `/sys/fs/<fstype>` (default `/sys`).
+    pub fn with_sysfs_root(mut self, sysfs_root: PathBuf) -> VolumeService {
+        self.sysfs_root = sysfs_root;
+        self
+    }
+
+    /// Sets the bound on one blocking probe (default [`DEFAULT_PROBE_TIMEOUT`]).
+    pub fn with_probe_timeout(mut self, timeout: Duration) -> VolumeService {
+        self.prober = Prober::new(timeout);
+        self
     }
 
     /// Returns byte and inode usage and the condition of the volume at `path`.
-    pub async fn stats(&self, path: &str) -> Result<VolumeStatsResponse, VolumeError> {
+    ///
+    /// # Errors
+    /// NOT_FOUND when `path` does not exist. A path on no managed volume gets
+    /// the `statfs` numbers alone and a normal condition whose message
+    /// states that.
+    pub async fn stats(
+        &self,
+        path: &str,
+    ) -> Result<protocols::csi::VolumeStatsResponse, VolumeError> {
         let path = PathBuf::from(path);
-        let _ = (&self.logger, &self.storage, &self.registry);
-        if !path.exists() {
-            return Err(VolumeError::NotFound { path });
+        match self.storage.lookup_path(&path) {
+            None => self.unmanaged_stats(&path).await,
+            Some(volume) => {
+                let _guard = self.storage.lock_storage(&volume.mount_point).await;
+                self.volume_stats(&path, &volume).await
+            }
         }
-        let stat = nix::sys::statvfs::statvfs(&path).map_err(|error| VolumeError::Statfs {
-            path: path.clone(),
-            error,
-        })?;
-        let frsize = stat.fragment_size();
-        let mut bytes = VolumeUsage::new();
-        bytes.unit = protocols::csi::volume_usage::Unit::BYTES.into();
-        bytes.total = stat.blocks() * frsize;
-        bytes.used = stat.blocks().saturating_sub(stat.blocks_free()) * frsize;
-        bytes.available = stat.blocks_available() * frsize;
-        let mut response = VolumeStatsResponse::new();
-        response.usage.push(bytes);
-        let mut condition = VolumeCondition::new();
-        condition.message = "OK".into();
-        response.volume_condition = Some(condition).into();
-        Ok(response)
     }
 
-    /// Grows the filesystem at `path` to at least `size` bytes.
+    /// Grows the volume at `path` to at least `size` bytes (0: to whatever
+    /// the device now has). It gives up a little before `timeout`, so that
+    /// its error reaches a client waiting exactly `timeout`.
+    ///
+    /// # Errors
+    /// NOT_FOUND for a missing path, FAILED_PRECONDITION for a path on no
+    /// managed volume or a filesystem with errors, INVALID_ARGUMENT for a
+    /// shrink, DEADLINE_EXCEEDED when the device stays smaller than `size`.
     pub async fn resize(
         &self,
         path: &str,
-        _size: u64,
-        _timeout: Duration,
+        size: u64,
+        timeout: Duration,
     ) -> Result<(), VolumeError> {
-        Err(VolumeError::ResizeUnavailable {
-            path: PathBuf::from(path),
-        })
+        let started = Instant::now();
+        let path = PathBuf::from(path);
+        self.check_exists(&path).await?;
+        let volume = self
+            .storage
+            .lookup_path(&path)
+            .ok_or_else(|| VolumeError::NotManaged { path: path.clone() })?;
+        let _guard = self.storage.lock_storage(&volume.mount_point).await;
+        let deadline = started + timeout.saturating_sub(reply_margin(timeout));
+        let outcome = self.resize_volume(&volume, size, deadline).await?;
+        info!(self.logger, "volume resized";
+            "mount_point" => %volume.mount_point.display(),
+            "device" => %volume.dev_path.display(),
+            "fstype" => &volume.fstype,
+            "size" => size,
+            "outcome" => ?outcome,
+            "elapsed_ms" => started.elapsed().as_millis() as u64);
+        Ok(())
     }
+
+    /// Returns NOT_FOUND when `path` does not exist. Other stat errors (EIO
+    /// from a shut-down filesystem) mean the path exists.
+    async fn check_exists(&self, path: &Path) -> Result<(), VolumeError> {
+        let owned = path.to_path_buf();
+        let result = self
+            .prober
+            .run(path, move || std::fs::metadata(owned).map(|_| ()))
+            .await
+            .map_err(|stall| self.probe_timeout("stat", path, stall))?;
+        match result {
+            Err(error) if is_missing(&error) => Err(VolumeError::NotFound {
+                path: path.to_path_buf(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn probe_timeout(
+        &self,
+        probe: &'static str,
+        path: &Path,
+        stall: probe::ProbeStall,
+    ) -> VolumeError {
+        let waited = match stall {
+            probe::ProbeStall::TimedOut { waited } => waited,
+            probe::ProbeStall::StillRunning { since } => since,
+        };
+        VolumeError::ProbeTimeout {
+            probe,
+            path: path.to_path_buf(),
+            waited,
+        }
+    }
+
+    /// Returns `major:minor` and the sysfs directory of the volume's device.
+    fn device_dir(&self, volume: &ManagedVolume) -> (String, PathBuf) {
+        let dir = blockdev::sysfs_dir(&self.registry, &self.sysfs_root, volume.major, volume.minor);
+        (format!("{}:{}", volume.major, volume.minor), dir)
+    }
+}
+
+/// Returns the part of a request timeout reserved for sending the reply.
+/// A client whose deadline passes first gets only its own timeout error,
+/// not the error that names the sizes.
+fn reply_margin(timeout: Duration) -> Duration {
+    (timeout / 10).min(MAX_REPLY_MARGIN)
+}
+
+/// Tells whether a stat error means the path does not exist.
+fn is_missing(error: &std::io::Error) -> bool {
+    matches!(
+        error.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR)
+    )
+}
+
+/// Resolves symlinks in a mount point. The mount root itself may fail to
+/// stat (a shut-down xfs gives EIO), so on failure the parent is resolved
+/// and the last component kept.
+fn resolve_mount_point(mount_point: &Path) -> PathBuf {
+    if let Ok(resolved) = std::fs::canonicalize(mount_point) {
+        return resolved;
+    }
+    match (mount_point.parent(), mount_point.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|parent| parent.join(name))
+            .unwrap_or_else(|_| mount_point.to_path_buf()),
+        _ => mount_point.to_path_buf(),
+    }
+}
+
+/// Finds the mount table entry mounted exactly at `mount_point`; of
+/// stacked mounts, the visible (last) one.
+fn mount_entry_at(
+    entries: &[mountinfo::MountInfoEntry],
+    mount_point: &Path,
+) -> Option<mountinfo::MountInfoEntry> {
+    let resolved = resolve_mount_point(mount_point);
+    entries
+        .iter()
+        .rev()
+        .find(|entry| entry.mount_point == resolved)
+        .cloned()
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 /// How the fake VMM handles one connection attempt.
 #[derive(Debug, Clone)]
 pub enum Reply {
-    /// Close the socket without a reply, as a VMM does when no guest
+    /// Close the socket without a reply, as a VMM may do while no guest
     /// process listens on the port.
     Close,
     /// Send this line and close.

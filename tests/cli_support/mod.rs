@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fake_vmm;
+pub mod frames;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -135,4 +136,36 @@ pub fn assert_failed_with(output: &Output, code: &str) -> String {
         "expected {code} on stderr, got: {text}"
     );
     text
+}
+
+/// Asserts that volumectl exited with status 0, showing stderr otherwise.
+pub fn assert_succeeded(output: &Output) {
+    assert!(
+        output.status.success(),
+        "volumectl failed: {}",
+        stderr(output)
+    );
+}
+
+/// Builds `attach` arguments for the block device `device` (driver mmioblk)
+/// with a `fstype` filesystem mounted at `mount_point`, followed by `rest`.
+pub fn attach_args<'a>(
+    device: &'a str,
+    fstype: &'a str,
+    mount_point: &'a str,
+    rest: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "attach",
+        "--driver",
+        "mmioblk",
+        "--source",
+        device,
+        "--fstype",
+        fstype,
+        "--mount-point",
+        mount_point,
+    ];
+    args.extend_from_slice(rest);
+    args
 }

@@ -75,6 +75,28 @@ impl Drop for LoopDevice {
     }
 }
 
+/// Sends Health.Check to the agent on `socket` and tells whether it answered.
+/// Runs on its own thread and runtime, so that it works inside async tests.
+fn answers_health_check(socket: &Path) -> bool {
+    let address = format!("unix://{}", socket.display());
+    let check = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("creating a tokio runtime");
+        runtime.block_on(async {
+            let Ok(client) = ttrpc::r#async::Client::connect(&address).await else {
+                return false;
+            };
+            let health = protocols::health_ttrpc::HealthClient::new(client);
+            let request = protocols::health::CheckRequest::new();
+            let context = ttrpc::context::with_timeout(Duration::from_secs(1).as_nanos() as i64);
+            health.check(context, &request).await.is_ok()
+        })
+    };
+    std::thread::scope(|scope| scope.spawn(check).join().unwrap())
+}
+
 /// Mount points under `prefix`, from /proc/self/mountinfo, in mount order.
 pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -105,7 +127,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent binary and waits until its socket accepts.
+    /// Starts the agent binary and waits until it answers a health check.
+    /// The socket accepts connections before the agent has restored its
+    /// state, so a connection alone does not mean it is ready.
     pub fn start(socket: &Path, storage_root: &Path, state_file: &Path, log: &Path) -> Agent {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -133,7 +157,7 @@ impl Agent {
             socket: socket.to_path_buf(),
         };
         let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        while !answers_health_check(socket) {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("volume-agent exited at start with {status}");
             }
@@ -228,7 +252,7 @@ impl TestEnv {
         source
     }
 
-    /// A container rootfs directory (created empty).
+    /// Creates an empty container rootfs directory and returns its path.
     pub fn rootfs(&self, container_id: &str) -> PathBuf {
         let rootfs = self
             .path()
@@ -239,9 +263,17 @@ impl TestEnv {
         rootfs
     }
 
-    /// The agent log, for assertion messages.
+    /// Reads the agent log, for assertion messages.
     pub fn agent_log(&self) -> String {
         std::fs::read_to_string(self.path().join("agent.log")).unwrap_or_default()
+    }
+
+    /// Panics with `error` and the agent log, which records why a request failed.
+    pub fn fail(&self, error: impl std::fmt::Debug) -> ! {
+        panic!(
+            "request failed: {error:?}\nagent log:\n{}",
+            self.agent_log()
+        )
     }
 }
 
@@ -266,8 +298,8 @@ pub fn with_fs_group(mut storage: Storage, group_id: u32, on_root_mismatch: bool
     storage
 }
 
-/// An OCI spec with `rootfs` and bind mounts of (source, destination,
-/// options).
+/// Builds an OCI spec with `rootfs` and bind mounts of (source,
+/// destination, options).
 pub fn spec(rootfs: &Path, mounts: &[(&str, &str, &[&str])]) -> Spec {
     let mut spec = Spec::new();
     let mut root = Root::new();
@@ -284,15 +316,85 @@ pub fn spec(rootfs: &Path, mounts: &[(&str, &str, &[&str])]) -> Spec {
     spec
 }
 
-/// A request context with a deadline.
+/// Builds a request context with a 20 s deadline.
 pub fn context() -> ttrpc::context::Context {
     ttrpc::context::with_timeout(Duration::from_secs(20).as_nanos() as i64)
 }
 
-/// The ttrpc status code of a failed call.
-pub fn status_code<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> ttrpc::Code {
+/// Counts the mounts stacked at exactly `path`.
+pub fn mount_count(path: &Path) -> usize {
+    mounts_under(path)
+        .iter()
+        .filter(|mount_point| *mount_point == path)
+        .count()
+}
+
+/// Returns the status code and message of a failed call.
+pub fn status_message<T: std::fmt::Debug>(result: ttrpc::Result<T>) -> (ttrpc::Code, String) {
     match result {
-        Err(ttrpc::Error::RpcStatus(status)) => status.code(),
+        Err(ttrpc::Error::RpcStatus(status)) => (status.code(), status.message.clone()),
         other => panic!("expected an RPC status error, got {other:?}"),
     }
+}
+
+pub fn create_container_request(
+    container_id: &str,
+    storages: Vec<Storage>,
+    oci: Option<Spec>,
+) -> protocols::agent::CreateContainerRequest {
+    protocols::agent::CreateContainerRequest {
+        container_id: container_id.into(),
+        storages,
+        OCI: oci.into(),
+        ..Default::default()
+    }
+}
+
+pub fn remove_container_request(container_id: &str) -> protocols::agent::RemoveContainerRequest {
+    protocols::agent::RemoveContainerRequest {
+        container_id: container_id.into(),
+        ..Default::default()
+    }
+}
+
+pub fn create_sandbox_request(storages: Vec<Storage>) -> protocols::agent::CreateSandboxRequest {
+    protocols::agent::CreateSandboxRequest {
+        storages,
+        sandbox_id: "sandbox".into(),
+        ..Default::default()
+    }
+}
+
+/// Storage records in the agent's state file.
+pub fn saved_storage_count(state_file: &Path) -> usize {
+    let Ok(text) = std::fs::read_to_string(state_file) else {
+        return 0;
+    };
+    let state: serde_json::Value = serde_json::from_str(&text).expect("state file is JSON");
+    state["storages"]
+        .as_object()
+        .map_or(0, |storages| storages.len())
+}
+
+/// Sends CreateSandbox with `storages` and panics, with the agent log,
+/// if it fails.
+pub async fn create_sandbox(client: &AgentServiceClient, env: &TestEnv, storages: Vec<Storage>) {
+    client
+        .create_sandbox(context(), &create_sandbox_request(storages))
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+}
+
+/// Sends DestroySandbox and checks that no mount is left in the test
+/// directory.
+pub async fn destroy_sandbox(client: &AgentServiceClient, env: &TestEnv) {
+    client
+        .destroy_sandbox(context(), &protocols::agent::DestroySandboxRequest::new())
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(
+        mounts_under(env.path()),
+        Vec::<PathBuf>::new(),
+        "mounts left after DestroySandbox"
+    );
 }

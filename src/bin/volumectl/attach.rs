@@ -219,7 +219,12 @@ pub async fn attach(session: &Session, args: AttachArgs) -> Result<(), CliError>
     }
 
     if let Some(record) = record {
-        record.save_guest_mount_point(&mount_point)?;
+        record
+            .save_guest_mount_point(&mount_point)
+            .map_err(|error| CliError::RecordAfterAttach {
+                mount_point: mount_point.clone(),
+                error,
+            })?;
     }
     if session.json {
         println!("{}", serde_json::json!({ "mount_point": mount_point }));

@@ -104,6 +104,8 @@ pub enum DirectVolumeError {
         #[source]
         error: serde_json::Error,
     },
+    #[error("invalid --mount-info: expected a JSON object, not an array, string or number")]
+    MountInfoNotObject,
     #[error("{path} exists and is not a directory; remove it to record volume {volume_path:?}")]
     NotADirectory { path: PathBuf, volume_path: String },
     #[error("creating {path} failed")]
@@ -146,9 +148,9 @@ impl DirectVolumeError {
     /// Returns the ttrpc status code printed with this error.
     pub fn code(&self) -> ttrpc::Code {
         match self {
-            DirectVolumeError::InvalidVolumePath { .. } | DirectVolumeError::MountInfo { .. } => {
-                ttrpc::Code::INVALID_ARGUMENT
-            }
+            DirectVolumeError::InvalidVolumePath { .. }
+            | DirectVolumeError::MountInfo { .. }
+            | DirectVolumeError::MountInfoNotObject => ttrpc::Code::INVALID_ARGUMENT,
             DirectVolumeError::NotADirectory { .. }
             | DirectVolumeError::NotAdded { .. }
             | DirectVolumeError::NotAttached { .. } => ttrpc::Code::FAILED_PRECONDITION,
@@ -161,6 +163,10 @@ impl DirectVolumeError {
 }
 
 /// Returns the directory name of `volume_path`'s record: padded base64url.
+/// Longest volume path, in bytes, whose padded base64url encoding fits in a
+/// 255-byte file name: 4 characters for every 3 bytes, rounded up.
+pub const MAX_VOLUME_PATH_LEN: usize = 189;
+
 pub fn encode_volume_path(volume_path: &str) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(volume_path)
 }
@@ -178,6 +184,13 @@ impl Record {
             return Err(DirectVolumeError::InvalidVolumePath {
                 volume_path: volume_path.to_string(),
                 reason: "it is empty; give the volume's host path",
+            });
+        }
+        if volume_path.len() > MAX_VOLUME_PATH_LEN {
+            return Err(DirectVolumeError::InvalidVolumePath {
+                volume_path: volume_path.to_string(),
+                reason: "it is longer than 189 bytes, so its base64url record name \
+                         would exceed the 255-byte file name limit",
             });
         }
         Ok(Record {
@@ -267,8 +280,7 @@ fn report(session: &Session, action: &str, volume_path: &str, dir: &Path) {
 /// Returns the record directory.
 pub fn add(root: &Path, volume_path: &str, mount_info: &str) -> Result<PathBuf, DirectVolumeError> {
     let record = Record::locate(root, volume_path)?;
-    serde_json::from_str::<MountInfo>(mount_info)
-        .map_err(|error| DirectVolumeError::MountInfo { error })?;
+    parse_mount_info(mount_info)?;
 
     match std::fs::symlink_metadata(&record.dir) {
         Ok(metadata) if !metadata.is_dir() => {
@@ -290,6 +302,17 @@ pub fn add(root: &Path, volume_path: &str, mount_info: &str) -> Result<PathBuf, 
     // Stored byte for byte, as upstream stores it.
     write_private_file(&record.dir.join(MOUNT_INFO_FILE), mount_info.as_bytes())?;
     Ok(record.dir)
+}
+
+/// Parses `text` as a JSON object with the `mountInfo.json` keys. serde
+/// would also fill a struct from a JSON array, which upstream rejects.
+fn parse_mount_info(text: &str) -> Result<MountInfo, DirectVolumeError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|error| DirectVolumeError::MountInfo { error })?;
+    if !value.is_object() {
+        return Err(DirectVolumeError::MountInfoNotObject);
+    }
+    serde_json::from_value(value).map_err(|error| DirectVolumeError::MountInfo { error })
 }
 
 /// Removes the record directory of `volume_path` and the files in it, and
@@ -353,6 +376,19 @@ mod tests {
         ));
         record.save_guest_mount_point("/run/s/MDow").unwrap();
         assert_eq!(record.guest_mount_point().unwrap(), "/run/s/MDow");
+    }
+
+    #[test]
+    fn add_rejects_overlong_volume_path() {
+        let root = tempfile::tempdir().unwrap();
+        // 190 bytes encode to 256 characters, one more than a file name allows.
+        let longest = format!("/{}", "a".repeat(MAX_VOLUME_PATH_LEN - 1));
+        let too_long = format!("/{}", "a".repeat(MAX_VOLUME_PATH_LEN));
+        add(root.path(), &longest, "{}").unwrap();
+        let error = add(root.path(), &too_long, "{}").unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{error}");
+        assert!(error.to_string().contains("189 bytes"), "{error}");
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -54,6 +54,15 @@ pub enum CliError {
     },
     #[error(transparent)]
     DirectVolume(#[from] DirectVolumeError),
+    #[error(
+        "the storage is attached at {mount_point}, but recording that mount point failed; \
+         fix the cause and repeat the same attach, which the agent treats as done"
+    )]
+    RecordAfterAttach {
+        mount_point: String,
+        #[source]
+        error: DirectVolumeError,
+    },
 }
 
 impl CliError {
@@ -67,7 +76,9 @@ impl CliError {
             CliError::InvalidInput { .. }
             | CliError::ReadInput { .. }
             | CliError::StorageJson { .. } => ttrpc::Code::INVALID_ARGUMENT,
-            CliError::DirectVolume(error) => error.code(),
+            CliError::DirectVolume(error) | CliError::RecordAfterAttach { error, .. } => {
+                error.code()
+            }
         }
     }
 

@@ -1,0 +1,191 @@
+//! Reader for `/proc/self/mountinfo` (format in proc(5)).
+
+use std::path::{Path, PathBuf};
+
+/// One line of mountinfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfoEntry {
+    /// `st_dev` of files on this mount; major 0 is an anonymous device
+    /// (tmpfs, btrfs subvolumes, overlay).
+    pub major: u32,
+    pub minor: u32,
+    /// Path inside the filesystem that is mounted here (`/` for a whole
+    /// filesystem, a subdirectory for a bind of one).
+    pub root: PathBuf,
+    pub mount_point: PathBuf,
+    /// Per-mount options: `rw`/`ro` of this mount alone, `nosuid`, ...
+    pub mount_options: Vec<String>,
+    pub fstype: String,
+    pub source: String,
+    /// Per-superblock options, shared by every mount of the filesystem.
+    pub super_options: Vec<String>,
+}
+
+impl MountInfoEntry {
+    /// Tells whether the filesystem went read-only under a writable mount,
+    /// as `errors=remount-ro` does after an error. Linux 6.1 sets the
+    /// superblock read-only (`ro` in the super options); Linux 6.18 ext4
+    /// keeps `rw` there and adds `emergency_ro` instead.
+    pub fn forced_read_only(&self) -> bool {
+        let mount_writable = self.mount_options.iter().any(|option| option == "rw");
+        let super_read_only = self
+            .super_options
+            .iter()
+            .any(|option| option == "ro" || option == "emergency_ro");
+        mount_writable && super_read_only
+    }
+
+    /// Returns `major:minor` as the kernel prints it.
+    pub fn devno(&self) -> String {
+        format!("{}:{}", self.major, self.minor)
+    }
+}
+
+/// Reads and parses the calling process's mount table.
+pub fn read() -> std::io::Result<Vec<MountInfoEntry>> {
+    std::fs::read_to_string("/proc/self/mountinfo").map(|text| parse(&text))
+}
+
+/// Parses mountinfo text; malformed lines are skipped.
+pub fn parse(text: &str) -> Vec<MountInfoEntry> {
+    text.lines().filter_map(parse_line).collect()
+}
+
+fn parse_line(line: &str) -> Option<MountInfoEntry> {
+    let (before, after) = line.split_once(" - ")?;
+    let fields: Vec<&str> = before.split(' ').collect();
+    if fields.len() < 6 {
+        return None;
+    }
+    let (major, minor) = fields[2].split_once(':')?;
+    let mut tail = after.split(' ');
+    let fstype = tail.next()?;
+    let source = tail.next()?;
+    let super_options = tail.next().unwrap_or("");
+    Some(MountInfoEntry {
+        major: major.parse().ok()?,
+        minor: minor.parse().ok()?,
+        root: PathBuf::from(unescape(fields[3])),
+        mount_point: PathBuf::from(unescape(fields[4])),
+        mount_options: split_options(fields[5]),
+        fstype: unescape(fstype),
+        source: unescape(source),
+        super_options: split_options(super_options),
+    })
+}
+
+fn split_options(text: &str) -> Vec<String> {
+    text.split(',')
+        .filter(|option| !option.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Decodes the `\ooo` octal escapes the kernel writes for space, tab,
+/// newline and backslash.
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes.get(i + 1..i + 4);
+        let code = escape
+            .filter(|_| bytes[i] == b'\\')
+            .and_then(|digits| std::str::from_utf8(digits).ok())
+            .and_then(|digits| u8::from_str_radix(digits, 8).ok());
+        match code {
+            Some(code) => {
+                out.push(code);
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finds the mount that `path` (absolute, symlinks resolved) lies on: the
+/// longest mount point that contains it, and of stacked mounts on one
+/// point the last, which is the visible one.
+pub fn find_mount<'a>(entries: &'a [MountInfoEntry], path: &Path) -> Option<&'a MountInfoEntry> {
+    let mut found: Option<&MountInfoEntry> = None;
+    for entry in entries {
+        if !path.starts_with(&entry.mount_point) {
+            continue;
+        }
+        let longer = found.map_or(true, |best| {
+            entry.mount_point.as_os_str().len() >= best.mount_point.as_os_str().len()
+        });
+        if longer {
+            found = Some(entry);
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TABLE: &str = "\
+22 1 252:1 / / rw,relatime shared:1 - ext4 /dev/vda1 rw
+45 22 7:3 / /run/storage/MDow rw,relatime shared:30 - xfs /dev/loop3 rw,inode64,noquota
+46 22 7:3 / /run/c1/rootfs/data ro,relatime shared:30 - xfs /dev/loop3 rw,inode64,noquota
+47 22 7:4 / /run/storage/with\\040space rw - ext4 /dev/loop4 ro,errors=remount-ro
+48 22 7:5 / /run/storage/six rw,relatime - ext4 /dev/loop5 rw,errors=remount-ro,emergency_ro
+49 45 0:50 / /run/storage/MDow rw - tmpfs tmpfs rw
+garbage line
+";
+
+    #[test]
+    fn parse_fields() {
+        let entries = parse(TABLE);
+        assert_eq!(entries.len(), 6);
+        let xfs = &entries[1];
+        assert_eq!((xfs.major, xfs.minor), (7, 3));
+        assert_eq!(xfs.mount_point, Path::new("/run/storage/MDow"));
+        assert_eq!(xfs.fstype, "xfs");
+        assert_eq!(xfs.source, "/dev/loop3");
+        assert_eq!(xfs.mount_options, vec!["rw", "relatime"]);
+        assert_eq!(xfs.super_options, vec!["rw", "inode64", "noquota"]);
+        assert_eq!(xfs.devno(), "7:3");
+    }
+
+    #[test]
+    fn parse_octal_escape() {
+        let entries = parse(TABLE);
+        assert_eq!(entries[3].mount_point, Path::new("/run/storage/with space"));
+        assert_eq!(unescape("a\\134b\\011c"), "a\\b\tc");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+    }
+
+    #[test]
+    fn forced_read_only_cases() {
+        let entries = parse(TABLE);
+        assert!(!entries[1].forced_read_only(), "rw over rw");
+        assert!(!entries[2].forced_read_only(), "ro bind over rw superblock");
+        assert!(entries[3].forced_read_only(), "rw mount over ro superblock");
+        assert!(entries[4].forced_read_only(), "emergency_ro superblock");
+    }
+
+    #[test]
+    fn find_mount_longest_and_last() {
+        let entries = parse(TABLE);
+        let inside = find_mount(&entries, Path::new("/run/storage/MDow/a/b")).unwrap();
+        assert_eq!(
+            inside.fstype, "tmpfs",
+            "stacked mount: the last one is visible"
+        );
+        let bind = find_mount(&entries, Path::new("/run/c1/rootfs/data/x")).unwrap();
+        assert_eq!(bind.mount_point, Path::new("/run/c1/rootfs/data"));
+        let root = find_mount(&entries, Path::new("/run/storage/MDowX")).unwrap();
+        assert_eq!(
+            root.mount_point,
+            Path::new("/"),
+            "prefix match is by component"
+        );
+    }
+}
