@@ -12,6 +12,14 @@ if [[ "$(id -u)" -ne 0 ]]; then
     exit 1
 fi
 
+# The package lists also serve build-test-guest.sh, which fetches the guest
+# kernel with apt-get download, so they are refreshed even when nothing is
+# missing. Offline with every package present, a failed refresh is harmless.
+echo "==> apt-get update"
+if ! apt-get update -qq; then
+    echo "setup-host.sh: apt-get update failed; going on with the current package lists" >&2
+fi
+
 mapfile -t packages < <(grep -v '^[[:space:]]*\(#\|$\)' "$here/ci-packages.txt")
 missing=()
 for package in "${packages[@]}"; do
@@ -21,7 +29,6 @@ for package in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
     echo "==> apt-get install ${missing[*]}"
-    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 

@@ -178,7 +178,7 @@ fn validate_listen(listen: &str) -> Result<(), ConfigError> {
         reason: reason.to_string(),
     };
     if let Some(path) = listen.strip_prefix("unix://") {
-        if path.is_empty() || path.contains('\0') {
+        if !path.starts_with('/') || path.contains('\0') {
             return Err(invalid("expected unix:///ABSOLUTE/PATH"));
         }
         return Ok(());
@@ -267,6 +267,7 @@ mod tests {
             (vec!["--listen", "tcp://1.2.3.4:5"], ""),
             (vec!["--listen", "vsock://x:1024"], ""),
             (vec!["--listen", "vsock://-1"], ""),
+            (vec!["--listen", "unix://agent.sock"], ""),
             (vec!["--log-level", "loud"], ""),
             (vec!["--device-timeout", "0"], ""),
             (vec![], "agent.hotplug_timeout=soon"),

@@ -50,6 +50,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn serve(config: Config, logger: slog::Logger) -> anyhow::Result<()> {
+    // Bound first: a second agent started on a live socket or port stops
+    // here, before it reads or rewrites the state of the running one.
+    let listener = rpc::bind(&config.listen, &logger.new(slog::o!("subsystem" => "rpc")))?;
+
     let registry = DeviceRegistry::new(
         logger.new(slog::o!("subsystem" => "device")),
         config.sysfs_root.clone(),
@@ -90,7 +94,6 @@ async fn serve(config: Config, logger: slog::Logger) -> anyhow::Result<()> {
         default_timeout: config.device_timeout,
     });
 
-    let listener = rpc::bind(&config.listen)?;
     let mut server = rpc::create_server(listener, agent);
     server
         .start()

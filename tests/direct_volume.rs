@@ -253,79 +253,163 @@ fn attach_volume_path_checked_before_connecting() {
     assert!(tree(dir.path()).is_empty());
 }
 
+/// A volume added with `direct-volume add` and attached for the sandbox
+/// with `attach --volume-path`, on a loop device, for the root tests.
+struct AttachedVolume {
+    env: common::TestEnv,
+    device: String,
+    address: String,
+    root: PathBuf,
+    mount_point: PathBuf,
+    volume_path: &'static str,
+}
+
+impl AttachedVolume {
+    /// Formats a `size` byte loop device with `fstype`, starts the agent,
+    /// adds `volume_path` and attaches it.
+    fn attach(name: &str, size: u64, fstype: &str, volume_path: &'static str) -> AttachedVolume {
+        let mut env = common::TestEnv::new(name);
+        let device = env.add_loop(name, size, Some(fstype));
+        env.start_agent();
+        let volume = AttachedVolume {
+            address: format!("unix://{}", env.path().join("agent.sock").display()),
+            root: env.path().join("direct-volumes"),
+            mount_point: env.storage_root().join(name),
+            device,
+            env,
+            volume_path,
+        };
+
+        let mount_info = serde_json::json!({
+            "volume-type": "block",
+            "device": volume.device,
+            "fstype": fstype,
+            "metadata": {},
+            "options": [],
+        })
+        .to_string();
+        let add = [
+            "direct-volume",
+            "add",
+            "--volume-path",
+            volume_path,
+            "--mount-info",
+            &mount_info,
+        ];
+        assert_succeeded(&volume.volumectl(&add));
+
+        let mount_point = volume.mount_point.to_str().unwrap();
+        let rest = ["--sandbox", "--volume-path", volume_path];
+        let output = volume.volumectl(&attach_args(&volume.device, fstype, mount_point, &rest));
+        assert_succeeded(&output);
+        assert_eq!(
+            stdout(&output),
+            format!("{mount_point}\n"),
+            "{}",
+            volume.env.agent_log()
+        );
+        volume
+    }
+
+    /// Runs volumectl with this agent's address and direct-volume root.
+    fn volumectl(&self, args: &[&str]) -> std::process::Output {
+        let root = self.root.to_str().unwrap();
+        let mut all = vec!["--address", &self.address, "--direct-volumes-root", root];
+        all.extend_from_slice(args);
+        volumectl(&all)
+    }
+
+    /// Returns the byte total that `direct-volume stats` reports.
+    fn stats_total(&self) -> u64 {
+        let args = [
+            "--json",
+            "direct-volume",
+            "stats",
+            "--volume-path",
+            self.volume_path,
+        ];
+        let output = self.volumectl(&args);
+        assert_succeeded(&output);
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(value["usage"][0]["unit"], "BYTES");
+        value["usage"][0]["total"].as_u64().unwrap()
+    }
+
+    /// Detaches the sandbox and checks that nothing stays mounted.
+    fn detach(&self) {
+        assert_succeeded(&self.volumectl(&["detach", "--sandbox"]));
+        let mounts = common::mounts_under(self.env.path());
+        assert!(mounts.is_empty(), "{mounts:?}\n{}", self.env.agent_log());
+    }
+}
+
+fn statvfs_total(path: &Path) -> u64 {
+    let statvfs = nix::sys::statvfs::statvfs(path).unwrap();
+    statvfs.blocks() * statvfs.fragment_size()
+}
+
 #[test]
 fn attach_records_guest_mount_point() {
     if !common::running_as_root("attach_records_guest_mount_point") {
         return;
     }
-    let mut env = common::TestEnv::new("direct-volume-attach");
-    let device = env.add_loop("dv", 64 << 20, Some("ext4"));
-    env.start_agent();
-    let address = format!("unix://{}", env.path().join("agent.sock").display());
-    let root = env.path().join("direct-volumes");
-    let root_text = root.to_str().unwrap().to_string();
-    let mount_point = env.storage_root().join("dv");
-    let mount_point_text = mount_point.to_str().unwrap().to_string();
     let volume_path = "/var/lib/kubelet/pods/p1/volumes/dv";
-    let with_agent = |args: &[&str]| {
-        let mut all = vec!["--address", &address, "--direct-volumes-root", &root_text];
-        all.extend_from_slice(args);
-        volumectl(&all)
-    };
+    let volume = AttachedVolume::attach("dv", 64 << 20, "ext4", volume_path);
 
-    let mount_info =
-        format!(r#"{{"volume-type":"block","device":"{device}","fstype":"ext4","metadata":{{}},"#)
-            + r#""options":[]}"#;
-    let output = with_agent(&[
-        "direct-volume",
-        "add",
-        "--volume-path",
-        volume_path,
-        "--mount-info",
-        &mount_info,
-    ]);
-    assert_succeeded(&output);
-
-    let rest = ["--sandbox", "--volume-path", volume_path];
-    let output = with_agent(&attach_args(&device, "ext4", &mount_point_text, &rest));
-    assert_succeeded(&output);
-    assert_eq!(
-        stdout(&output),
-        format!("{mount_point_text}\n"),
-        "{}",
-        env.agent_log()
-    );
-    let record = root.join("L3Zhci9saWIva3ViZWxldC9wb2RzL3AxL3ZvbHVtZXMvZHY=");
+    let record = volume
+        .root
+        .join("L3Zhci9saWIva3ViZWxldC9wb2RzL3AxL3ZvbHVtZXMvZHY=");
     let recorded = std::fs::read_to_string(record.join("guest-mount-point")).unwrap();
-    assert_eq!(recorded, format!("{mount_point_text}\n"));
+    assert_eq!(recorded, format!("{}\n", volume.mount_point.display()));
     assert_eq!(mode(&record.join("guest-mount-point")), 0o600);
 
     // The stats come from the recorded mount point.
-    let output = with_agent(&[
-        "--json",
+    assert_eq!(volume.stats_total(), statvfs_total(&volume.mount_point));
+
+    volume.detach();
+    let remove = ["direct-volume", "remove", "--volume-path", volume_path];
+    assert_succeeded(&volume.volumectl(&remove));
+    assert!(tree(&volume.root).is_empty());
+}
+
+#[test]
+fn direct_volume_resize_grows_xfs() {
+    if !common::running_as_root("direct_volume_resize_grows_xfs") {
+        return;
+    }
+    // mkfs.xfs needs a disk of at least 300 MB.
+    let volume_path = "/var/lib/kubelet/pods/p2/volumes/grow";
+    let volume = AttachedVolume::attach("grow", 320 << 20, "xfs", volume_path);
+    let total_before = statvfs_total(&volume.mount_point);
+
+    // Grow the disk, as a host does before calling resize.
+    let backing = &volume.env.loops[0].backing_file;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(backing)
+        .unwrap();
+    file.set_len(640 << 20).unwrap();
+    common::run("losetup", &["--set-capacity", &volume.device]);
+
+    let resize = [
         "direct-volume",
-        "stats",
+        "resize",
         "--volume-path",
         volume_path,
-    ]);
-    assert_succeeded(&output);
-    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let statvfs = nix::sys::statvfs::statvfs(&mount_point).unwrap();
-    assert_eq!(value["usage"][0]["unit"], "BYTES");
-    assert_eq!(
-        value["usage"][0]["total"],
-        statvfs.blocks() * statvfs.fragment_size()
-    );
-
-    let output = with_agent(&["detach", "--sandbox"]);
-    assert_succeeded(&output);
+        "--size",
+        "600MiB",
+    ];
+    assert_succeeded(&volume.volumectl(&resize));
+    let total_after = volume.stats_total();
     assert!(
-        common::mounts_under(env.path()).is_empty(),
-        "{}",
-        env.agent_log()
+        total_after > total_before,
+        "{total_before} -> {total_after}\n{}",
+        volume.env.agent_log()
     );
+    // statvfs leaves out the xfs log, so compare the growth, not the size:
+    // the disk grew by 320 MiB.
+    let growth = total_after - total_before;
+    assert!(growth >= 256 << 20, "grew by {growth} bytes only");
 
-    let output = with_agent(&["direct-volume", "remove", "--volume-path", volume_path]);
-    assert_succeeded(&output);
-    assert!(tree(&root).is_empty());
+    volume.detach();
 }

@@ -136,6 +136,18 @@ async fn invalid_storages_change_nothing() {
             "nosuchfs",
         ),
         (
+            "tmpfs fstype",
+            with(|s| s.fstype = "tmpfs".into()),
+            Code::INVALID_ARGUMENT,
+            "nodev",
+        ),
+        (
+            "proc fstype",
+            with(|s| s.fstype = "proc".into()),
+            Code::INVALID_ARGUMENT,
+            "nodev",
+        ),
+        (
             "fstype with comma",
             with(|s| s.fstype = "ext4,ro".into()),
             Code::INVALID_ARGUMENT,
@@ -166,6 +178,18 @@ async fn invalid_storages_change_nothing() {
             "loop",
         ),
         (
+            // mount(2) would cut the data after 4095 bytes and so silently
+            // drop errors=bogus, which must fail the mount.
+            "options over a page",
+            with(|s| {
+                s.options = vec!["user_xattr".to_string(); 370];
+                s.options.push(format!("commit={}5", "0".repeat(17)));
+                s.options.push("errors=bogus".into());
+            }),
+            Code::INVALID_ARGUMENT,
+            "4095",
+        ),
+        (
             "open quote",
             with(|s| s.options = vec!["context=\"x".into()]),
             Code::INVALID_ARGUMENT,
@@ -182,6 +206,22 @@ async fn invalid_storages_change_nothing() {
             with(|s| s.mount_point.push_str("\0x")),
             Code::INVALID_ARGUMENT,
             "NUL",
+        ),
+        (
+            "mount point name over 255 bytes",
+            with(|s| s.mount_point.push_str(&format!("/{}", "x".repeat(256)))),
+            Code::INVALID_ARGUMENT,
+            "255",
+        ),
+        (
+            // Every name fits, but mount(2) and rmdir(2) reject the whole path.
+            "mount point over 4095 bytes",
+            with(|s| {
+                s.mount_point
+                    .push_str(&format!("/{}", "y".repeat(200)).repeat(21))
+            }),
+            Code::INVALID_ARGUMENT,
+            "4095",
         ),
         (
             "relative mount point",
@@ -363,4 +403,37 @@ async fn traversal_suite_nothing_escapes() {
         .await
         .unwrap();
     common::destroy_sandbox(&client, &env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overlong_bind_target_is_rejected() {
+    if !common::running_as_root("overlong_bind_target_is_rejected") {
+        return;
+    }
+    let mut env = TestEnv::new("long-target");
+    let ext4 = env.add_loop("ext4", EXT4_SIZE, Some("ext4"));
+    env.start_agent();
+    let client = env.client().await;
+    let mount_point = env.storage_root().join("vol");
+    let rootfs = env.rootfs("c1");
+    let before = tree(env.path());
+    // Every name fits and the destination alone is 4091 bytes, but joined to
+    // the rootfs it is longer than mount(2) and umount2(2) accept.
+    let destination = format!("/{}", "d".repeat(200)).repeat(20) + "/" + &"e".repeat(70);
+    let source = mount_point.display().to_string();
+    let request = create_container_request(
+        "c1",
+        vec![storage(&ext4, "ext4", &mount_point, &[])],
+        Some(spec(
+            &rootfs,
+            &[(source.as_str(), destination.as_str(), &[])],
+        )),
+    );
+
+    let (code, message) = status_message(client.create_container(context(), &request).await);
+
+    assert_eq!(code, Code::INVALID_ARGUMENT, "{message}");
+    assert!(message.contains("4095"), "{message}");
+    assert_eq!(common::mounts_under(env.path()), Vec::<PathBuf>::new());
+    assert_eq!(tree(env.path()), before, "files changed");
 }

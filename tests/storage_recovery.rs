@@ -187,3 +187,55 @@ async fn restart_drops_records_of_gone_mounts() {
     assert_eq!(mount_count(&mount_point), 1, "mounted again after the drop");
     common::destroy_sandbox(&client, &env).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_adopts_unrecorded_bind() {
+    if !common::running_as_root("restart_adopts_unrecorded_bind") {
+        return;
+    }
+    let mut env = TestEnv::new("adopt-bind");
+    let ext4 = env.add_loop("ext4", EXT4_SIZE, Some("ext4"));
+    env.start_agent();
+    let client = env.client().await;
+    let mount_point = env.storage_root().join("vol");
+    let volume = storage(&ext4, "ext4", &mount_point, &[]);
+    let rootfs = env.rootfs("c1");
+    let target = rootfs.join("data");
+    let source = mount_point.display().to_string();
+    let request = create_container_request(
+        "c1",
+        vec![volume],
+        Some(spec(&rootfs, &[(source.as_str(), "/data", &[])])),
+    );
+    client
+        .create_container(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(mount_count(&target), 1);
+
+    // A crash between the bind and the save leaves the bind unrecorded.
+    env.agent.as_mut().unwrap().kill9();
+    let text = std::fs::read_to_string(env.state_file()).unwrap();
+    let mut state: serde_json::Value = serde_json::from_str(&text).unwrap();
+    state["binds"] = serde_json::json!({});
+    std::fs::write(env.state_file(), state.to_string()).unwrap();
+    env.agent = None;
+    env.start_agent();
+    let client = env.client().await;
+
+    client
+        .create_container(context(), &request)
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(mount_count(&target), 1, "the bind is not stacked twice");
+    client
+        .remove_container(context(), &remove_container_request("c1"))
+        .await
+        .unwrap_or_else(|error| env.fail(error));
+    assert_eq!(
+        mount_count(&target),
+        0,
+        "no bind left after RemoveContainer"
+    );
+    assert_eq!(mount_count(&mount_point), 0, "the storage is unmounted");
+}

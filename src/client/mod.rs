@@ -227,3 +227,69 @@ fn handshake_error(address: String, port: u32, failure: HandshakeFailure) -> Cli
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    /// Serves one hybrid vsock handshake on `listener`, replying `reply`,
+    /// and returns the request line it read.
+    async fn serve_handshake(listener: UnixListener, reply: Vec<u8>) -> String {
+        let (stream, _) = listener.accept().await.unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).await.unwrap();
+        reader.get_mut().write_all(&reply).await.unwrap();
+        line
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_ok_reply_connects() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vmm.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(serve_handshake(listener, b"OK 1073741824\n".to_vec()));
+
+        let address = format!("hvsock://{}:1024", socket.display());
+        let result = connect(&address, Duration::from_secs(10)).await;
+        assert!(result.is_ok(), "{:?}", result.err());
+        assert_eq!(server.await.unwrap(), "CONNECT 1024\n");
+    }
+
+    #[tokio::test]
+    async fn hybrid_vsock_endless_reply_fails_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("vmm.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(serve_handshake(listener, vec![b'x'; 1000]));
+
+        let address = format!("hvsock://{}:7", socket.display());
+        let started = std::time::Instant::now();
+        let error = connect(&address, Duration::from_secs(30))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, ClientError::HandshakeReplyTooLong { port: 7, .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.code(), ttrpc::Code::UNAVAILABLE);
+        assert!(started.elapsed() < Duration::from_secs(5), "it was retried");
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn invalid_address_is_not_retried() {
+        let error = connect("tcp://127.0.0.1:1", Duration::from_secs(30))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(error, ClientError::InvalidAddress { .. }),
+            "{error:?}"
+        );
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT);
+    }
+}

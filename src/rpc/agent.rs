@@ -20,6 +20,13 @@ use super::validate::validate_storages;
 use crate::storage::{Owner, StorageManager};
 use crate::volume::VolumeService;
 
+/// Maximum time kept back from a client deadline. The ttrpc server drops a
+/// handler at the deadline, so without a margin a request that timed out
+/// would skip its undo and the client would never see the agent's error.
+/// A tenth of the deadline is kept back, up to this maximum.
+// NOTE: an undo that takes longer than the margin is still cut short.
+const MAX_REPLY_MARGIN: Duration = Duration::from_secs(1);
+
 pub struct AgentServiceImpl {
     pub logger: slog::Logger,
     pub storage: Arc<StorageManager>,
@@ -29,11 +36,12 @@ pub struct AgentServiceImpl {
 }
 
 impl AgentServiceImpl {
-    /// Returns how long this request may wait: the client's deadline when
-    /// it set one, else the configured default.
+    /// Returns how long this request may wait: the client's deadline less a
+    /// reply margin when it set one, else the configured default.
     fn request_timeout(&self, ctx: &TtrpcContext) -> Duration {
         if ctx.timeout_nano > 0 {
-            Duration::from_nanos(ctx.timeout_nano as u64)
+            let deadline = Duration::from_nanos(ctx.timeout_nano as u64);
+            deadline - (deadline / 10).min(MAX_REPLY_MARGIN)
         } else {
             self.default_timeout
         }

@@ -11,7 +11,11 @@ pub mod validate;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::{Stream, StreamExt};
+use slog::{error, info};
+use tokio::io::{AsyncRead, AsyncWrite};
 use ttrpc::r#async::transport::Listener;
 use ttrpc::r#async::Server;
 
@@ -35,14 +39,24 @@ pub enum ListenError {
     },
 }
 
+/// Pause after a failed accept(2). A failure such as EMFILE leaves the
+/// connection queued, so an immediate retry fails again and the accept loop
+/// of the ttrpc server would spin on a CPU.
+const ACCEPT_RETRY_PAUSE: Duration = Duration::from_millis(100);
+
 /// Binds the listener for `address` (`unix:///PATH` or `vsock://CID:PORT`).
 ///
 /// A stale unix socket left by a dead agent is replaced, but a live one, or
 /// a path that is not a socket, is an error: the agent never deletes a
-/// file it did not create.
-pub fn bind(address: &str) -> Result<Listener, ListenError> {
+/// file it did not create. Accept failures are logged to `logger`.
+pub fn bind(address: &str, logger: &slog::Logger) -> Result<Listener, ListenError> {
     if let Some(path) = address.strip_prefix("unix://") {
-        return bind_unix(address, Path::new(path));
+        let listener = bind_unix(address, Path::new(path))?;
+        let accepted = futures::stream::unfold(listener, |listener| async move {
+            let result = listener.accept().await.map(|(stream, _)| stream);
+            Some((result, listener))
+        });
+        return Ok(paced_listener(accepted, logger.clone()));
     }
     if let Some(rest) = address.strip_prefix("vsock://") {
         let invalid = || ListenError::InvalidAddress {
@@ -57,7 +71,7 @@ pub fn bind(address: &str) -> Result<Listener, ListenError> {
         let port: u32 = port.parse().map_err(|_| invalid())?;
         let vsock_address = tokio_vsock::VsockAddr::new(cid, port);
         return match tokio_vsock::VsockListener::bind(vsock_address) {
-            Ok(listener) => Ok(Listener::from(listener)),
+            Ok(listener) => Ok(paced_listener(listener.incoming(), logger.clone())),
             Err(error) if error.raw_os_error() == Some(libc::EADDRINUSE) => {
                 Err(ListenError::VsockPortInUse { port })
             }
@@ -72,7 +86,7 @@ pub fn bind(address: &str) -> Result<Listener, ListenError> {
     })
 }
 
-fn bind_unix(address: &str, path: &Path) -> Result<Listener, ListenError> {
+fn bind_unix(address: &str, path: &Path) -> Result<tokio::net::UnixListener, ListenError> {
     match std::fs::symlink_metadata(path) {
         Ok(metadata) if !metadata.file_type().is_socket() => {
             return Err(ListenError::NotASocket {
@@ -96,8 +110,41 @@ fn bind_unix(address: &str, path: &Path) -> Result<Listener, ListenError> {
     };
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
     listener.set_nonblocking(true).map_err(bind_error)?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(bind_error)?;
-    Ok(Listener::from(listener))
+    tokio::net::UnixListener::from_std(listener).map_err(bind_error)
+}
+
+/// Wraps a stream of accepted connections so that each failed accept is
+/// followed by [`ACCEPT_RETRY_PAUSE`]. Only the first failure of a run is
+/// logged, and the recovery reports how many there were.
+fn paced_listener<S>(
+    accepted: impl Stream<Item = std::io::Result<S>> + Send + 'static,
+    logger: slog::Logger,
+) -> Listener
+where
+    S: AsyncRead + AsyncWrite + Send + Sync + 'static,
+{
+    let start = (Box::pin(accepted), logger, 0u64);
+    let paced = futures::stream::unfold(start, |(mut accepted, logger, failures)| async move {
+        let result = accepted.next().await?;
+        let failures = match &result {
+            Ok(_) => {
+                if failures > 0 {
+                    info!(logger, "accepting connections again"; "failed_accepts" => failures);
+                }
+                0
+            }
+            Err(err) => {
+                if failures == 0 {
+                    error!(logger, "accepting a connection failed; retrying every 100 ms";
+                        "error" => %err);
+                }
+                tokio::time::sleep(ACCEPT_RETRY_PAUSE).await;
+                failures + 1
+            }
+        };
+        Some((result, (accepted, logger, failures)))
+    });
+    Listener::new(paced)
 }
 
 /// Builds the server with the agent and health services on `listener`.

@@ -8,6 +8,7 @@ use protocols::oci::Spec;
 use slog::{info, warn};
 
 use super::manager::StorageManager;
+use super::mountinfo::{find_mount, read_mountinfo};
 use super::options::{MountOptions, OptionContext};
 use super::path::{self, ResolvedPath};
 use super::state::BindRecord;
@@ -58,6 +59,14 @@ impl StorageManager {
                     field: "destination",
                     value: mount.destination.clone(),
                     reason: "resolves to the container root itself".into(),
+                });
+            }
+            // The bind is later unmounted by this path, so it must fit too.
+            if let Err(reason) = path::check_path_limits(&rootfs.join(&destination)) {
+                return Err(StorageError::Invalid {
+                    field: "destination",
+                    value: mount.destination.clone(),
+                    reason: format!("joined to Root.Path, the path {reason}"),
                 });
             }
             let options = MountOptions::parse(&mount.options, OptionContext::Bind)?;
@@ -136,6 +145,9 @@ impl StorageManager {
         if already_bound {
             return Ok(None);
         }
+        if let Some(record) = self.adopt_bind(container_id, &volume, &source, &target)? {
+            return Ok(Some(record));
+        }
 
         let record = BindRecord {
             storage: volume.clone(),
@@ -146,13 +158,7 @@ impl StorageManager {
             path::remove_created(&target.created);
             return Err(error);
         }
-        let saved = self.update_state(|state| {
-            state
-                .binds
-                .entry(container_id.to_string())
-                .or_default()
-                .push(record.clone())
-        });
+        let saved = self.save_bind(container_id, &record);
         if let Err(error) = saved {
             self.undo_mount(&record.target);
             path::remove_created(&record.created);
@@ -162,6 +168,56 @@ impl StorageManager {
             "container_id" => container_id, "storage" => %volume.display(),
             "mount_point" => %record.target.display());
         Ok(Some(record))
+    }
+
+    /// Records a bind of `source` found on `target` in mountinfo but not in
+    /// the state (the agent stopped between binding and saving), so that a
+    /// repeated request does not stack a second bind there.
+    fn adopt_bind(
+        &self,
+        container_id: &str,
+        storage: &Path,
+        source: &ResolvedPath,
+        target: &ResolvedPath,
+    ) -> Result<Option<BindRecord>, StorageError> {
+        let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
+        let storage_mount = find_mount(&entries, storage);
+        let target_mount = find_mount(&entries, &target.real_path);
+        let (Some(storage_mount), Some(target_mount)) = (storage_mount, target_mount) else {
+            return Ok(None);
+        };
+        // A bind shows the storage's device and, as its root, the path of
+        // the source inside the storage's filesystem.
+        let relative = source
+            .real_path
+            .strip_prefix(storage)
+            .unwrap_or(Path::new(""));
+        let same_device =
+            (target_mount.major, target_mount.minor) == (storage_mount.major, storage_mount.minor);
+        if !same_device || target_mount.root != storage_mount.root.join(relative) {
+            return Ok(None);
+        }
+
+        let record = BindRecord {
+            storage: storage.to_path_buf(),
+            target: target.real_path.clone(),
+            created: target.created.clone(),
+        };
+        self.save_bind(container_id, &record)?;
+        info!(self.logger, "bind already mounted, recorded";
+            "container_id" => container_id, "storage" => %storage.display(),
+            "mount_point" => %record.target.display());
+        Ok(Some(record))
+    }
+
+    fn save_bind(&self, container_id: &str, record: &BindRecord) -> Result<(), StorageError> {
+        self.update_state(|state| {
+            state
+                .binds
+                .entry(container_id.to_string())
+                .or_default()
+                .push(record.clone())
+        })
     }
 
     /// Finds the mount point of the storage that `source` is or lies inside.

@@ -21,6 +21,11 @@ pub enum StorageError {
          and no fs-{fstype} module); supported block filesystems: {supported}"
     )]
     UnsupportedFilesystem { fstype: String, supported: String },
+    #[error(
+        "filesystem type {fstype:?} does not mount a block device (the kernel lists it as \
+         nodev); use a block filesystem: {supported}"
+    )]
+    NodevFilesystem { fstype: String, supported: String },
     #[error("reading /proc/filesystems failed")]
     ReadKernelFilesystems {
         #[source]
@@ -49,6 +54,14 @@ pub enum StorageError {
         mount_point: PathBuf,
         mounted: String,
         requested: String,
+    },
+    #[error(
+        "mount point {mount_point} lies inside or over the mount at {other}; \
+         choose a mount point outside it or remove that storage first"
+    )]
+    NestedMountPoint {
+        mount_point: PathBuf,
+        other: PathBuf,
     },
     #[error("creating mount point {path} failed")]
     CreateMountPoint {
@@ -141,12 +154,12 @@ impl StorageError {
         use ttrpc::Code;
         match self {
             StorageError::Device(error) => error.code(),
-            StorageError::Invalid { .. } | StorageError::UnsupportedFilesystem { .. } => {
-                Code::INVALID_ARGUMENT
-            }
-            StorageError::FilesystemMismatch { .. } | StorageError::DeviceConflict { .. } => {
-                Code::FAILED_PRECONDITION
-            }
+            StorageError::Invalid { .. }
+            | StorageError::UnsupportedFilesystem { .. }
+            | StorageError::NodevFilesystem { .. } => Code::INVALID_ARGUMENT,
+            StorageError::FilesystemMismatch { .. }
+            | StorageError::DeviceConflict { .. }
+            | StorageError::NestedMountPoint { .. } => Code::FAILED_PRECONDITION,
             StorageError::Resolve { error, .. } => {
                 match Errno::from_raw(error.raw_os_error().unwrap_or(0)) {
                     Errno::ENOENT => Code::NOT_FOUND,

@@ -6,10 +6,13 @@
 //! group search and setgid, so that new files inherit the group. Symbolic
 //! links are skipped.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-use nix::unistd::{Gid, Uid};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use super::StorageError;
 
@@ -43,6 +46,10 @@ fn mask(is_directory: bool, read_only: bool) -> u32 {
 
 /// Applies `group_id` below `root` according to `policy` and returns
 /// whether it walked the tree. The walk stays on the filesystem of `root`.
+///
+/// Every entry is opened relative to its parent's descriptor without
+/// following links, and changed through that descriptor, so an entry
+/// swapped for a symbolic link during the walk is never followed.
 pub fn apply_fs_group(
     root: &Path,
     group_id: u32,
@@ -53,7 +60,9 @@ pub fn apply_fs_group(
     if policy == ChangePolicy::OnRootMismatch && root_matches(&metadata, group_id, read_only) {
         return Ok(false);
     }
-    walk(root, metadata.dev(), group_id, read_only)?;
+    let fd = rustix::fs::open(root, path_flags(), Mode::empty())
+        .map_err(|errno| fs_group_error(root, errno.into()))?;
+    walk(fd, root, metadata.dev(), group_id, read_only)?;
     Ok(true)
 }
 
@@ -63,39 +72,78 @@ fn root_matches(metadata: &std::fs::Metadata, group_id: u32, read_only: bool) ->
     metadata.gid() == group_id && metadata.mode() & required == required
 }
 
-fn walk(path: &Path, device: u64, group_id: u32, read_only: bool) -> Result<(), StorageError> {
-    let metadata = std::fs::symlink_metadata(path).map_err(|error| fs_group_error(path, error))?;
-    if metadata.dev() != device || metadata.file_type().is_symlink() {
+/// Flags of the `O_PATH` descriptor held for each entry of the walk.
+fn path_flags() -> OFlags {
+    OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Applies the group to the entry behind `fd` (an `O_PATH` descriptor) and,
+/// for a directory, to everything below it. `path` is for messages only.
+fn walk(
+    fd: OwnedFd,
+    path: &Path,
+    device: u64,
+    group_id: u32,
+    read_only: bool,
+) -> Result<(), StorageError> {
+    let fail = |errno: Errno| fs_group_error(path, errno.into());
+    let stat = rustix::fs::fstat(&fd).map_err(fail)?;
+    let file_type = FileType::from_raw_mode(stat.st_mode);
+    if stat.st_dev != device || file_type == FileType::Symlink {
         return Ok(());
     }
-    set_ownership(path, &metadata, group_id, read_only)?;
-    if metadata.is_dir() {
-        let entries = std::fs::read_dir(path).map_err(|error| fs_group_error(path, error))?;
-        for entry in entries {
-            let entry = entry.map_err(|error| fs_group_error(path, error))?;
-            walk(&entry.path(), device, group_id, read_only)?;
+    let is_directory = file_type == FileType::Directory;
+    set_ownership(&fd, stat.st_mode, is_directory, group_id, read_only).map_err(fail)?;
+    if !is_directory {
+        return Ok(());
+    }
+
+    let directory = rustix::fs::openat(
+        &fd,
+        ".",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(fail)?;
+    for entry in rustix::fs::Dir::read_from(&directory).map_err(fail)? {
+        let entry = entry.map_err(fail)?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
         }
+        let child_path = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
+        let child = match rustix::fs::openat(&directory, name, path_flags(), Mode::empty()) {
+            Ok(child) => child,
+            // Removed since the directory was read.
+            Err(Errno::NOENT) => continue,
+            Err(errno) => return Err(fs_group_error(&child_path, errno.into())),
+        };
+        walk(child, &child_path, device, group_id, read_only)?;
     }
     Ok(())
 }
 
+/// Sets the group and adds the mask bits through `fd`, an `O_PATH`
+/// descriptor of a file or directory.
 fn set_ownership(
-    path: &Path,
-    metadata: &std::fs::Metadata,
+    fd: &OwnedFd,
+    mode: u32,
+    is_directory: bool,
     group_id: u32,
     read_only: bool,
-) -> Result<(), StorageError> {
-    nix::unistd::fchownat(
+) -> Result<(), Errno> {
+    rustix::fs::chownat(
+        fd,
+        "",
         None,
-        path,
-        None::<Uid>,
-        Some(Gid::from_raw(group_id)),
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )
-    .map_err(|errno| fs_group_error(path, errno.into()))?;
-    let mode = metadata.mode() | mask(metadata.is_dir(), read_only);
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|error| fs_group_error(path, error))
+        Some(rustix::fs::Gid::from_raw(group_id)),
+        AtFlags::EMPTY_PATH,
+    )?;
+    // fchmod(2) rejects an O_PATH descriptor, but chmod(2) on its
+    // /proc/self/fd link changes the inode the descriptor refers to.
+    let mode = (mode | mask(is_directory, read_only)) & 0o7777;
+    let proc_path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    rustix::fs::chmod(proc_path.as_str(), Mode::from_raw_mode(mode))
 }
 
 fn fs_group_error(path: &Path, error: std::io::Error) -> StorageError {
@@ -108,6 +156,7 @@ fn fs_group_error(path: &Path, error: std::io::Error) -> StorageError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn mode(path: &Path) -> u32 {
         std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
@@ -136,6 +185,56 @@ mod tests {
         assert_eq!(mode(&file), 0o660);
         assert_eq!(std::fs::metadata(&file).unwrap().gid(), group_id);
         assert_eq!(mode(outside.path()), 0o600, "links are not followed");
+    }
+
+    #[test]
+    fn fs_group_survives_symlink_swap_race() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::set_permissions(outside.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Two names that a second thread keeps exchanging: at any moment one
+        // is a regular file and the other a link to the file outside.
+        let file = root.path().join("file");
+        let link = root.path().join("link");
+        std::fs::write(&file, b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), &link).unwrap();
+        let group_id = nix::unistd::getegid().as_raw();
+
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let stop = stop.clone();
+            let (file, link) = (file.clone(), link.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    rustix::fs::renameat_with(
+                        rustix::fs::CWD,
+                        &file,
+                        rustix::fs::CWD,
+                        &link,
+                        rustix::fs::RenameFlags::EXCHANGE,
+                    )
+                    .unwrap();
+                }
+            })
+        };
+        let started = std::time::Instant::now();
+        let mut walks = 0;
+        while started.elapsed() < std::time::Duration::from_secs(2) {
+            // A walk may fail on an entry that vanished under it; that is fine
+            // as long as it never changes the file outside.
+            let _ = apply_fs_group(root.path(), group_id, ChangePolicy::Always, false);
+            walks += 1;
+            if mode(outside.path()) != 0o600 {
+                break;
+            }
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(
+            mode(outside.path()),
+            0o600,
+            "a link swapped in during the walk was followed (after {walks} walks)"
+        );
     }
 
     #[test]

@@ -137,6 +137,14 @@ impl StorageManager {
             self.adopt_mount(owner, request, &device, entry)?;
             return Ok(Addition::Referenced(mount_point.clone()));
         }
+        // NOTE: two concurrent requests for nested mount points hold different
+        // locks, so both can pass this check before either mounts.
+        if let Some(entry) = find_nested_mount(&entries, &self.config.root, mount_point) {
+            return Err(StorageError::NestedMountPoint {
+                mount_point: mount_point.clone(),
+                other: entry.mount_point.clone(),
+            });
+        }
 
         if !request.is_raw_block() {
             probe::check_superblock(&device.dev_path, &request.fstype)?;
@@ -148,7 +156,7 @@ impl StorageManager {
         };
         let created = path::create_mount_point(&self.config.root, mount_point, kind)?;
         let started = Instant::now();
-        if let Err(error) = self.mount_storage(request, &device) {
+        if let Err(error) = run_blocking(|| self.mount_storage(request, &device)) {
             path::remove_created(&created);
             return Err(error);
         }
@@ -418,6 +426,20 @@ impl StorageManager {
     }
 }
 
+/// Runs `work`, which blocks (mount(2), an fsGroup walk over a whole
+/// volume), so that the other tasks of this runtime worker, such as health
+/// checks, move to another thread meanwhile. A current-thread runtime, as in
+/// unit tests, runs it in place.
+fn run_blocking<T>(work: impl FnOnce() -> T) -> T {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|handle| handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(work)
+    } else {
+        work()
+    }
+}
+
 /// Returns the storage's id as the host names it, which is the last
 /// component of its mount point.
 pub(super) fn storage_id(mount_point: &Path) -> String {
@@ -479,6 +501,23 @@ fn device_conflict(mount_point: &Path, mounted: String, requested: &BlockDevice)
             requested.minor
         ),
     }
+}
+
+/// Finds a mount below `root` that lies inside `mount_point` or contains it.
+/// Mounting there would write a directory into another volume, or hide a
+/// mount so that it could no longer be unmounted by its path.
+fn find_nested_mount<'a>(
+    entries: &'a [MountEntry],
+    root: &Path,
+    mount_point: &Path,
+) -> Option<&'a MountEntry> {
+    entries.iter().find(|entry| {
+        let other = &entry.mount_point;
+        other != root
+            && other != mount_point
+            && other.starts_with(root)
+            && (other.starts_with(mount_point) || mount_point.starts_with(other))
+    })
 }
 
 /// Returns the device number behind a mount: the filesystem's, or for a raw

@@ -19,6 +19,8 @@ pub mod mounter;
 pub mod mountinfo;
 pub mod options;
 pub mod path;
+#[cfg(test)]
+mod path_race_tests;
 pub mod probe;
 mod remove;
 mod request;

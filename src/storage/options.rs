@@ -82,6 +82,11 @@ impl Default for MountOptions {
     }
 }
 
+/// Longest filesystem data string that mount(2) passes on whole. The kernel
+/// copies one page (4096 bytes on x86-64) and
+/// ends it with a NUL, so anything longer is cut without an error.
+pub const MAX_MOUNT_DATA_BYTES: usize = 4095;
+
 impl MountOptions {
     /// Parses `options`; each entry may itself be a comma-separated list,
     /// and commas inside double quotes (`context="a,b"`) do not split.
@@ -144,6 +149,17 @@ impl MountOptions {
             .collect();
         if let [first, second, ..] = atime_modes.as_slice() {
             return Err(conflict(second, first));
+        }
+        let data_len = parsed.data_string().map_or(0, |data| data.len());
+        if data_len > MAX_MOUNT_DATA_BYTES {
+            return Err(StorageError::Invalid {
+                field: "options",
+                value: options.join(","),
+                reason: format!(
+                    "the filesystem options are {data_len} bytes long, but mount(2) reads at \
+                     most {MAX_MOUNT_DATA_BYTES} and would drop the rest; remove options"
+                ),
+            });
         }
         Ok(parsed)
     }
@@ -265,6 +281,22 @@ mod tests {
         let error = parse(options, context).unwrap_err();
         assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{options:?}");
         error.to_string()
+    }
+
+    #[test]
+    fn data_longer_than_a_page_is_rejected() {
+        // 4095 bytes of data pass, because mount(2) keeps one page including
+        // the terminating NUL.
+        let filler = format!("commit={}", "0".repeat(MAX_MOUNT_DATA_BYTES - 8));
+        let longest = [filler.as_str(), "5"].concat();
+        assert_eq!(longest.len(), MAX_MOUNT_DATA_BYTES);
+        assert!(parse(&[longest.as_str()], OptionContext::Device).is_ok());
+
+        let text = rejected(
+            &[longest.as_str(), "errors=remount-ro"],
+            OptionContext::Device,
+        );
+        assert!(text.contains("4095"), "{text}");
     }
 
     #[test]

@@ -36,7 +36,37 @@ pub fn clean_absolute(field: &'static str, text: &str) -> Result<PathBuf, Storag
     if !text.starts_with('/') {
         return Err(invalid("is not an absolute path"));
     }
-    Ok(clean_components(Path::new(text)))
+    let clean = clean_components(Path::new(text));
+    check_path_limits(&clean).map_err(|reason| invalid(&reason))?;
+    Ok(clean)
+}
+
+/// Longest file name, in bytes, that Linux filesystems accept (NAME_MAX).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest path, in bytes, that system calls such as mount(2) and rmdir(2)
+/// accept (PATH_MAX less the terminating NUL).
+pub const MAX_PATH_BYTES: usize = 4095;
+
+/// Checks `path` against [`MAX_NAME_BYTES`] and [`MAX_PATH_BYTES`], so that a
+/// path the kernel cannot take is rejected before anything is created.
+pub fn check_path_limits(path: &Path) -> Result<(), String> {
+    let length = path.as_os_str().len();
+    if length > MAX_PATH_BYTES {
+        return Err(format!(
+            "is {length} bytes long once cleaned; paths are limited to {MAX_PATH_BYTES} bytes"
+        ));
+    }
+    let longest_name = path
+        .components()
+        .map(|component| component.as_os_str().len())
+        .max()
+        .unwrap_or(0);
+    if longest_name > MAX_NAME_BYTES {
+        return Err(format!(
+            "has a {longest_name}-byte name; names are limited to {MAX_NAME_BYTES} bytes"
+        ));
+    }
+    Ok(())
 }
 
 /// Applies `.` and `..` lexically, clamping at `/`.
@@ -223,6 +253,10 @@ fn open_path(path: &Path, extra: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC | extra, Mode::empty())
 }
 
+/// Attempts of one openat2(2) resolution that the kernel answers with
+/// EAGAIN because of concurrent renames or mounts.
+const MAX_RESOLVE_ATTEMPTS: u32 = 64;
+
 /// A path opened inside a root, held as an `O_PATH` descriptor so that a
 /// mount can target it through `/proc/self/fd` without resolving the path
 /// again.
@@ -296,13 +330,22 @@ pub fn resolve_in_root(
         open_path(root, OFlags::DIRECTORY).map_err(|errno| fail(Path::new("/"), errno))?;
     let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
     let open = |path: &Path| {
-        rustix::fs::openat2(
-            &root_fd,
-            path,
-            OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            resolve,
-        )
+        let mut attempts = 1;
+        loop {
+            let result = rustix::fs::openat2(
+                &root_fd,
+                path,
+                OFlags::PATH | OFlags::CLOEXEC,
+                Mode::empty(),
+                resolve,
+            );
+            // EAGAIN: a rename or mount anywhere in the system ran during a
+            // `..` step, so the kernel could not vouch for it. Try again.
+            match result {
+                Err(Errno::AGAIN) if attempts < MAX_RESOLVE_ATTEMPTS => attempts += 1,
+                other => return other,
+            }
+        }
     };
 
     let Some(kind) = create else {

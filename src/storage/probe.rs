@@ -102,6 +102,16 @@ pub fn check_fstype(fstype: &str) -> Result<(), StorageError> {
     }
     let listed = std::fs::read_to_string("/proc/filesystems")
         .map_err(|error| StorageError::ReadKernelFilesystems { error })?;
+    if kernel_lists_nodev(&listed, fstype) {
+        // A nodev filesystem (tmpfs, proc, sysfs...) ignores the device, so
+        // the container would get a kernel filesystem instead of its volume.
+        return Err(StorageError::NodevFilesystem {
+            fstype: fstype.to_string(),
+            supported: block_filesystems(&listed).join(", "),
+        });
+    }
+    // NOTE: a type that only a module alias provides is not known to need a
+    // device until the module is loaded, so a nodev module type passes here.
     if kernel_lists(&listed, fstype) || module_alias_exists(fstype) {
         return Ok(());
     }
@@ -115,6 +125,13 @@ fn kernel_lists(proc_filesystems: &str, fstype: &str) -> bool {
     proc_filesystems
         .lines()
         .any(|line| line.split_whitespace().last() == Some(fstype))
+}
+
+fn kernel_lists_nodev(proc_filesystems: &str, fstype: &str) -> bool {
+    proc_filesystems.lines().any(|line| {
+        let mut words = line.split_whitespace();
+        words.next() == Some("nodev") && words.next() == Some(fstype)
+    })
 }
 
 /// Filesystems that need a device (the lines without `nodev`).
@@ -160,6 +177,9 @@ mod tests {
         assert!(kernel_lists(text, "xfs"));
         assert!(kernel_lists(text, "tmpfs"));
         assert!(!kernel_lists(text, "ext"));
+        assert!(kernel_lists_nodev(text, "tmpfs"));
+        assert!(!kernel_lists_nodev(text, "xfs"));
+        assert!(!kernel_lists_nodev(text, "nodev"));
         assert_eq!(block_filesystems(text), vec!["ext4", "xfs"]);
     }
 

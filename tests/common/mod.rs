@@ -75,6 +75,28 @@ impl Drop for LoopDevice {
     }
 }
 
+/// Sends Health.Check to the agent on `socket` and tells whether it answered.
+/// Runs on its own thread and runtime, so that it works inside async tests.
+fn answers_health_check(socket: &Path) -> bool {
+    let address = format!("unix://{}", socket.display());
+    let check = || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("creating a tokio runtime");
+        runtime.block_on(async {
+            let Ok(client) = ttrpc::r#async::Client::connect(&address).await else {
+                return false;
+            };
+            let health = protocols::health_ttrpc::HealthClient::new(client);
+            let request = protocols::health::CheckRequest::new();
+            let context = ttrpc::context::with_timeout(Duration::from_secs(1).as_nanos() as i64);
+            health.check(context, &request).await.is_ok()
+        })
+    };
+    std::thread::scope(|scope| scope.spawn(check).join().unwrap())
+}
+
 /// Mount points under `prefix`, from /proc/self/mountinfo, in mount order.
 pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
@@ -105,7 +127,9 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent binary and waits until its socket accepts.
+    /// Starts the agent binary and waits until it answers a health check.
+    /// The socket accepts connections before the agent has restored its
+    /// state, so a connection alone does not mean it is ready.
     pub fn start(socket: &Path, storage_root: &Path, state_file: &Path, log: &Path) -> Agent {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -133,7 +157,7 @@ impl Agent {
             socket: socket.to_path_buf(),
         };
         let started = Instant::now();
-        while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        while !answers_health_check(socket) {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 panic!("volume-agent exited at start with {status}");
             }

@@ -163,6 +163,10 @@ impl DirectVolumeError {
 }
 
 /// Returns the directory name of `volume_path`'s record: padded base64url.
+/// Longest volume path, in bytes, whose padded base64url encoding fits in a
+/// 255-byte file name: 4 characters for every 3 bytes, rounded up.
+pub const MAX_VOLUME_PATH_LEN: usize = 189;
+
 pub fn encode_volume_path(volume_path: &str) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(volume_path)
 }
@@ -180,6 +184,13 @@ impl Record {
             return Err(DirectVolumeError::InvalidVolumePath {
                 volume_path: volume_path.to_string(),
                 reason: "it is empty; give the volume's host path",
+            });
+        }
+        if volume_path.len() > MAX_VOLUME_PATH_LEN {
+            return Err(DirectVolumeError::InvalidVolumePath {
+                volume_path: volume_path.to_string(),
+                reason: "it is longer than 189 bytes, so its base64url record name \
+                         would exceed the 255-byte file name limit",
             });
         }
         Ok(Record {
@@ -365,6 +376,19 @@ mod tests {
         ));
         record.save_guest_mount_point("/run/s/MDow").unwrap();
         assert_eq!(record.guest_mount_point().unwrap(), "/run/s/MDow");
+    }
+
+    #[test]
+    fn add_rejects_overlong_volume_path() {
+        let root = tempfile::tempdir().unwrap();
+        // 190 bytes encode to 256 characters, one more than a file name allows.
+        let longest = format!("/{}", "a".repeat(MAX_VOLUME_PATH_LEN - 1));
+        let too_long = format!("/{}", "a".repeat(MAX_VOLUME_PATH_LEN));
+        add(root.path(), &longest, "{}").unwrap();
+        let error = add(root.path(), &too_long, "{}").unwrap_err();
+        assert_eq!(error.code(), ttrpc::Code::INVALID_ARGUMENT, "{error}");
+        assert!(error.to_string().contains("189 bytes"), "{error}");
+        assert_eq!(std::fs::read_dir(root.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -106,8 +106,17 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
     if seconds.is_nan() || seconds <= 0.0 {
         return Err(format!("must be more than 0 seconds, got {text:?}"));
     }
-    Duration::try_from_secs_f64(seconds).map_err(|_| format!("{text:?} seconds is too long"))
+    let timeout = Duration::try_from_secs_f64(seconds)
+        .map_err(|_| format!("{text:?} seconds is too long"))?;
+    // A deadline that rounds to 0 ns would reach the agent as "no deadline".
+    if timeout < MIN_TIMEOUT {
+        return Err(format!("must be at least 0.001 seconds, got {text:?}"));
+    }
+    Ok(timeout)
 }
+
+/// Shortest `--timeout` accepted.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -165,7 +174,7 @@ mod tests {
 
     #[test]
     fn timeout_rejects_zero_negative_and_words() {
-        for text in ["0", "-1", "soon", "NaN", "inf"] {
+        for text in ["0", "-1", "soon", "NaN", "inf", "1e-12", "0.0009"] {
             assert!(parse_timeout(text).is_err(), "{text:?} was accepted");
         }
     }

@@ -77,10 +77,10 @@ pub async fn resize_at(session: &Session, path: &str, size: u64) -> Result<(), C
             serde_json::json!({ "volume_guest_path": path, "size": size })
         );
     } else if size == 0 {
-        println!("{path}: grown to the current size of its device");
+        println!("{path}: filesystem grown to the current size of its device");
     } else {
         println!(
-            "{path}: grown to at least {} ({size} bytes)",
+            "{path}: filesystem grown for a requested size of {} ({size} bytes)",
             format_bytes(size)
         );
     }
