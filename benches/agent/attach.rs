@@ -22,8 +22,8 @@ const MAX_ATTACH_RATIO: f64 = 1.1;
 const MAX_ATTACH_EXTRA: Duration = Duration::from_millis(1);
 /// Target: 64 concurrent attaches at most this multiple of 64 bare mounts.
 const MAX_CONCURRENT_RATIO: f64 = 1.2;
-/// Worker threads of the agent's tokio runtime (set in src/main.rs), which
-/// make its blocking mount and umount calls.
+/// Worker threads of the agent's tokio runtime (set in src/main.rs), and
+/// so the number of cores the agent's request handling is sized for.
 const AGENT_WORKER_THREADS: usize = 2;
 /// Devices in the concurrent case.
 const CONCURRENT_DEVICES: usize = 64;
@@ -237,8 +237,8 @@ pub async fn run_concurrent(section: &mut Section, plan: &Plan) -> anyhow::Resul
         totals.mount += mount;
         totals.umount += umount;
 
-        // The same work as the agent schedules it: mounts on as many threads
-        // as it has runtime workers, unmounts one after another.
+        // Narrower floors: mounts on as many threads as the agent has runtime
+        // workers, and unmounts one after another, as DestroySandbox makes them.
         let (mount, umount) = mount_all(&devices, &bare_targets, AGENT_WORKER_THREADS, 1)?;
         totals.narrow_mount += mount;
         totals.serial_umount += umount;
@@ -268,7 +268,7 @@ pub async fn run_concurrent(section: &mut Section, plan: &Plan) -> anyhow::Resul
         Some(MAX_CONCURRENT_RATIO),
     ));
     section.rows.push(Row::latency(
-        "64 CreateSandbox vs mounts on the agent's 2 workers",
+        "64 CreateSandbox vs mounts on 2 threads",
         mean(totals.attach),
         "64 mount(2), 2 threads",
         mean(totals.narrow_mount),
@@ -283,9 +283,9 @@ pub async fn run_concurrent(section: &mut Section, plan: &Plan) -> anyhow::Resul
     ));
     section.note(format!(
         "Mean of {} rounds; each CreateSandbox has one storage and its own connection, \
-         all connected before timing. The last two rows time the bare syscalls scheduled as \
-         the agent schedules them: mount(2) on {AGENT_WORKER_THREADS} threads, its runtime's \
-         worker count, and umount(2) one after another, as DestroySandbox unmounts.",
+         all connected before timing. The last two rows compare with narrower floors: \
+         mount(2) on {AGENT_WORKER_THREADS} threads, the agent's runtime worker count, and \
+         umount(2) one after another, as DestroySandbox unmounts.",
         plan.concurrent_rounds
     ));
     Ok(())
