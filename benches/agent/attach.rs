@@ -45,8 +45,8 @@ pub const QUICK: Plan = Plan {
     concurrent_rounds: 1,
 };
 
-/// Mounts and unmounts `device` on `target` with bare syscalls.
-fn bare_mount_cycle(device: &Path, target: &Path) -> anyhow::Result<()> {
+/// Mounts the ext4 on `device` at `target` with a bare mount(2).
+fn bare_mount(device: &Path, target: &Path) -> anyhow::Result<()> {
     mount(
         Some(device),
         target,
@@ -60,10 +60,19 @@ fn bare_mount_cycle(device: &Path, target: &Path) -> anyhow::Result<()> {
             device.display(),
             target.display()
         )
-    })?;
+    })
+}
+
+/// Unmounts `target` with a bare umount(2).
+fn bare_umount(target: &Path) -> anyhow::Result<()> {
     umount2(target, MntFlags::empty())
-        .with_context(|| format!("unmounting {} failed", target.display()))?;
-    Ok(())
+        .with_context(|| format!("unmounting {} failed", target.display()))
+}
+
+/// Mounts and unmounts `device` on `target` with bare syscalls.
+fn bare_mount_cycle(device: &Path, target: &Path) -> anyhow::Result<()> {
+    bare_mount(device, target)?;
+    bare_umount(target)
 }
 
 /// Latencies of one agent's attach + destroy cycles.
@@ -336,25 +345,9 @@ fn mount_all(
         .zip(targets.iter().map(PathBuf::as_path))
         .collect();
     let mount_wall = on_threads(&pairs, mount_threads, |&(device, target)| {
-        mount(
-            Some(device),
-            target,
-            Some("ext4"),
-            MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| {
-            format!(
-                "mounting {} on {} failed",
-                device.display(),
-                target.display()
-            )
-        })
+        bare_mount(device, target)
     })?;
-    let umount_wall = on_threads(&pairs, umount_threads, |&(_, target)| {
-        umount2(target, MntFlags::empty())
-            .with_context(|| format!("unmounting {} failed", target.display()))
-    })?;
+    let umount_wall = on_threads(&pairs, umount_threads, |&(_, target)| bare_umount(target))?;
     Ok((mount_wall, umount_wall))
 }
 
