@@ -89,6 +89,15 @@ pub enum VolumeError {
         current: u64,
     },
 
+    #[error(
+        "storage {mount_point} is mounted read-only ({options}); a read-only filesystem \
+         cannot grow, so mount the storage read-write to resize it"
+    )]
+    ReadOnly {
+        mount_point: PathBuf,
+        options: String,
+    },
+
     #[error("filesystem at {mount_point} has errors ({reason}); repair it before growing")]
     FilesystemErrors {
         mount_point: PathBuf,
@@ -155,6 +164,7 @@ impl VolumeError {
             | VolumeError::NotMounted { .. }
             | VolumeError::DeviceMismatch { .. }
             | VolumeError::DeviceGone { .. }
+            | VolumeError::ReadOnly { .. }
             | VolumeError::FilesystemErrors { .. }
             | VolumeError::UnsupportedFstype { .. } => ttrpc::Code::FAILED_PRECONDITION,
             VolumeError::SpawnTool { error, .. }

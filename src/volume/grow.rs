@@ -196,8 +196,9 @@ impl VolumeService {
         Ok(())
     }
 
-    /// Fails unless the mount point is mounted from the recorded device and
-    /// the filesystem shows no errors; such a filesystem is left untouched.
+    /// Fails unless the mount point is mounted read-write from the recorded
+    /// device and the filesystem shows no errors; such a filesystem is left
+    /// untouched.
     async fn check_filesystem(
         &self,
         volume: &ManagedVolume,
@@ -215,6 +216,14 @@ impl VolumeService {
                 path: volume.mount_point.clone(),
                 recorded: devno.to_string(),
                 mounted: entry_device,
+            });
+        }
+        // The grow ioctls need write access (EROFS otherwise), so a
+        // read-only storage is rejected before any tool runs.
+        if mount.mount_options.iter().any(|option| option == "ro") {
+            return Err(VolumeError::ReadOnly {
+                mount_point: volume.mount_point.clone(),
+                options: mount.mount_options.join(","),
             });
         }
 
