@@ -4,10 +4,12 @@
 
 mod volume_support;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use volume_agent::volume::VolumeError;
-use volume_support::{service, statfs_total, LoopDisk, MIB};
+use volume_support::agent::{status_code, storage, Agent};
+use volume_support::{assert_matches_kernel, run, service, statfs_total, LoopDisk, Tmpfs, MIB};
 
 async fn check_read_only_resize(fstype: &str, size: u64) {
     let mut disk = LoopDisk::new(size, fstype, &[]);
@@ -40,4 +42,118 @@ async fn xfs_read_only_resize_rejected() {
 async fn ext4_read_only_resize_rejected() {
     require!("mkfs.ext4", "resize2fs");
     check_read_only_resize("ext4", 64 * MIB).await;
+}
+
+/// Starts an agent with `disk` mounted as the storage `name`.
+async fn start_with_storage(disk: &LoopDisk, name: &str) -> (Agent, PathBuf) {
+    let agent = Agent::start().await;
+    let mount_point = agent.storage_root.join(name);
+    agent
+        .create_sandbox(vec![storage(&disk.device, &disk.fstype, &mount_point)])
+        .await
+        .unwrap();
+    (agent, mount_point)
+}
+
+#[tokio::test]
+async fn symlink_into_volume_is_managed() {
+    require!("mkfs.xfs", "xfs_growfs");
+    let disk = LoopDisk::new(320 * MIB, "xfs", &[]);
+    let (agent, mount_point) = start_with_storage(&disk, "vol-link-in").await;
+    let link = agent.dir.path().join("link-to-volume");
+    std::os::unix::fs::symlink(&mount_point, &link).unwrap();
+
+    let stats = agent.stats(&link).await.unwrap();
+    assert_matches_kernel(&stats, &mount_point);
+    assert_eq!(
+        stats.volume_condition.message, "OK",
+        "the condition of the volume is judged"
+    );
+
+    let before = statfs_total(&mount_point);
+    disk.grow_device(400 * MIB);
+    agent.resize(&link, 400 * MIB).await.unwrap();
+    let after = statfs_total(&mount_point);
+    assert!(
+        after > before + 50 * MIB,
+        "statfs total {before} -> {after}"
+    );
+
+    agent.destroy_sandbox().await.unwrap();
+}
+
+#[tokio::test]
+async fn path_leaving_volume_is_unmanaged() {
+    require!("mkfs.xfs");
+    let disk = LoopDisk::new(320 * MIB, "xfs", &[]);
+    let outside = Tmpfs::mount();
+    let (agent, mount_point) = start_with_storage(&disk, "vol-link-out").await;
+    let bind = agent
+        .create_container("c1", &mount_point, "/data")
+        .await
+        .unwrap();
+    std::fs::create_dir(outside.path().join("dir")).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("dir"), mount_point.join("out")).unwrap();
+
+    let cases = [
+        mount_point.join("out"),
+        bind.join("out"),
+        bind.join("out/.."),
+    ];
+    for path in &cases {
+        let stats = agent.stats(path).await.unwrap();
+        assert_matches_kernel(&stats, outside.path());
+        let message = &stats.volume_condition.message;
+        assert!(
+            message.contains("not on a volume this agent manages"),
+            "{} resolves outside the volume: {message}",
+            path.display()
+        );
+        let error = agent.resize(path, 0).await.unwrap_err();
+        assert_eq!(
+            status_code(&error),
+            ttrpc::Code::FAILED_PRECONDITION,
+            "{}: {error:?}",
+            path.display()
+        );
+    }
+    agent.remove_container("c1").await.unwrap();
+    agent.destroy_sandbox().await.unwrap();
+}
+
+#[tokio::test]
+async fn shut_down_xfs_stays_managed() {
+    require!("mkfs.xfs", "xfs_io");
+    let disk = LoopDisk::new(320 * MIB, "xfs", &[]);
+    let (agent, mount_point) = start_with_storage(&disk, "vol-shutdown").await;
+    let bind = agent
+        .create_container("c1", &mount_point, "/data")
+        .await
+        .unwrap();
+    run(
+        "xfs_io",
+        &["-x", "-c", "shutdown", mount_point.to_str().unwrap()],
+    );
+
+    // Resolving the path fails with EIO here, so the volume is found by
+    // its recorded paths.
+    for path in [&mount_point, &bind] {
+        let stats = agent.stats(path).await.unwrap();
+        let condition = &stats.volume_condition;
+        assert!(
+            condition.abnormal,
+            "{}: {}",
+            path.display(),
+            condition.message
+        );
+        assert!(
+            condition.message.contains("I/O error"),
+            "{}: {}",
+            path.display(),
+            condition.message
+        );
+    }
+
+    agent.remove_container("c1").await.unwrap();
+    agent.destroy_sandbox().await.unwrap();
 }

@@ -19,6 +19,7 @@ pub mod geometry;
 mod grow;
 pub mod mountinfo;
 pub mod probe;
+mod resolve;
 mod stats;
 pub mod usage;
 
@@ -92,7 +93,7 @@ impl VolumeService {
         path: &str,
     ) -> Result<protocols::csi::VolumeStatsResponse, VolumeError> {
         let path = PathBuf::from(path);
-        match self.storage.lookup_path(&path) {
+        match self.find_volume(&path).await {
             None => self.unmanaged_stats(&path).await,
             Some(volume) => {
                 let _guard = self.storage.lock_storage(&volume.mount_point).await;
@@ -119,8 +120,8 @@ impl VolumeService {
         let path = PathBuf::from(path);
         self.check_exists(&path).await?;
         let volume = self
-            .storage
-            .lookup_path(&path)
+            .find_volume(&path)
+            .await
             .ok_or_else(|| VolumeError::NotManaged { path: path.clone() })?;
         let _guard = self.storage.lock_storage(&volume.mount_point).await;
         let deadline = started + timeout.saturating_sub(reply_margin(timeout));
