@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use volume_agent::volume::VolumeError;
 use volume_support::agent::{status_code, storage, Agent};
-use volume_support::{assert_matches_kernel, run, service, statfs_total, LoopDisk, Tmpfs, MIB};
+use volume_support::{
+    assert_abnormal, assert_matches_kernel, run, service, statfs_total, LoopDisk, Tmpfs, MIB,
+};
 
 async fn check_read_only_resize(fstype: &str, size: u64) {
     let mut disk = LoopDisk::new(size, fstype, &[]);
@@ -156,4 +158,75 @@ async fn shut_down_xfs_stays_managed() {
 
     agent.remove_container("c1").await.unwrap();
     agent.destroy_sandbox().await.unwrap();
+}
+
+#[tokio::test]
+async fn unmounted_storage_reports_no_usage() {
+    require!("mkfs.ext4");
+    let mut disk = LoopDisk::new(64 * MIB, "ext4", &[]);
+    disk.mount("rw");
+    let bind = disk.bind_into_container();
+    let volume = disk.managed_volume();
+    let (service, _state) = service();
+    // The bind target keeps the filesystem mounted, so only the storage
+    // mount point loses it; statfs there now describes the parent
+    // filesystem.
+    nix::mount::umount(&disk.mount_point).unwrap();
+
+    for path in [&disk.mount_point, &bind] {
+        let response = service.volume_stats(path, &volume).await.unwrap();
+        assert_abnormal(&response, &["no longer in the mount table"]);
+        assert!(
+            response.usage.is_empty(),
+            "{}: usage of another filesystem: {:?}",
+            path.display(),
+            response.usage
+        );
+    }
+}
+
+#[tokio::test]
+async fn other_mount_reports_no_usage() {
+    require!("mkfs.ext4");
+    let mut disk = LoopDisk::new(64 * MIB, "ext4", &[]);
+    disk.mount("rw");
+    let volume = disk.managed_volume();
+    let (service, _state) = service();
+    run(
+        "mount",
+        &["-t", "tmpfs", "cover", disk.mount_point.to_str().unwrap()],
+    );
+    let _cover = Unmount(disk.mount_point.clone());
+
+    let response = service
+        .volume_stats(&disk.mount_point, &volume)
+        .await
+        .unwrap();
+    assert_abnormal(&response, &["but the storage was set up on device"]);
+    assert!(
+        response.usage.is_empty(),
+        "usage of the covering tmpfs: {:?}",
+        response.usage
+    );
+
+    disk.grow_device(128 * MIB);
+    let error = service
+        .resize_volume(&volume, 128 * MIB, Instant::now() + Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, VolumeError::DeviceMismatch { .. }),
+        "the covered storage is not grown: {error}"
+    );
+}
+
+/// Unmounts a path on drop, before the disk under it is torn down.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if nix::mount::umount(&self.0).is_err() {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
 }
