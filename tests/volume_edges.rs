@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use volume_agent::volume::VolumeError;
 use volume_support::agent::{status_code, storage, Agent};
 use volume_support::{
-    assert_abnormal, assert_matches_kernel, run, service, statfs_total, LoopDisk, Tmpfs, MIB,
+    assert_abnormal, assert_matches_kernel, grow_loop, run, service, statfs_total, LoopDisk, Tmpfs,
+    MIB,
 };
 
 async fn check_read_only_resize(fstype: &str, size: u64) {
@@ -229,4 +230,32 @@ impl Drop for Unmount {
             let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
         }
     }
+}
+
+#[tokio::test]
+async fn shrunk_device_is_abnormal() {
+    require!("mkfs.ext4");
+    let mut disk = LoopDisk::new(64 * MIB, "ext4", &[]);
+    disk.mount("rw");
+    let volume = disk.managed_volume();
+    let (service, _state) = service();
+    // The host shrinks the disk under the mounted filesystem: `grow_loop`
+    // sets any image size, a smaller one too.
+    grow_loop(&disk.image, &disk.device, 32 * MIB);
+
+    let response = service
+        .volume_stats(&disk.mount_point, &volume)
+        .await
+        .unwrap();
+    assert_abnormal(&response, &["smaller than the filesystem"]);
+
+    let error = service
+        .resize_volume(&volume, 0, Instant::now() + Duration::from_secs(20))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ttrpc::Code::FAILED_PRECONDITION, "{error}");
+    assert!(
+        error.to_string().contains("smaller than the filesystem"),
+        "{error}"
+    );
 }

@@ -147,6 +147,28 @@ pub fn assess_block_device(
     Condition { problems }
 }
 
+/// Describes a device that now has fewer bytes than the filesystem on it
+/// counts in `statfs`, as when the host shrinks a disk under a mounted
+/// filesystem: reads past the end fail, yet statfs and the root still work.
+/// The statfs total leaves out overhead, so it never exceeds the size the
+/// filesystem was made with. btrfs is skipped, because its total spans all
+/// of its devices.
+pub fn shrunk_device_problem(
+    fstype: &str,
+    devno: &str,
+    device_bytes: u64,
+    counts: &FsCounts,
+) -> Option<String> {
+    let fs_bytes = counts.total_bytes();
+    (fstype != "btrfs" && device_bytes < fs_bytes).then(|| {
+        format!(
+            "device {devno} has {device_bytes} bytes, smaller than the filesystem's \
+             {fs_bytes} bytes; the disk was shrunk under the mounted filesystem, so give it \
+             back its size"
+        )
+    })
+}
+
 /// Checks what the filesystem driver exports about device `device_name` in
 /// sysfs: an ext4 error count above 0, or no xfs entry for a mounted xfs.
 pub fn fs_sysfs_problem(sysfs_root: &Path, fstype: &str, device_name: &str) -> Option<String> {
@@ -319,6 +341,16 @@ mod tests {
         assert_eq!(fs_sysfs_problem(sysfs.path(), "xfs", "vdb"), None);
         let problem = fs_sysfs_problem(sysfs.path(), "xfs", "vdc").expect("missing entry");
         assert!(problem.contains("fs/xfs/vdc"), "{problem}");
+    }
+
+    #[test]
+    fn shrunk_device_cases() {
+        let fs_bytes = COUNTS.total_bytes();
+        let problem = shrunk_device_problem("ext4", "7:3", fs_bytes - 512, &COUNTS).unwrap();
+        assert!(problem.contains("7:3"), "{problem}");
+        assert!(problem.contains(&fs_bytes.to_string()), "{problem}");
+        assert_eq!(shrunk_device_problem("xfs", "7:3", fs_bytes, &COUNTS), None);
+        assert_eq!(shrunk_device_problem("btrfs", "7:3", 0, &COUNTS), None);
     }
 
     #[test]

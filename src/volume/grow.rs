@@ -245,7 +245,17 @@ impl VolumeService {
             sysfs_problem,
             probe: Ok(&observation),
         };
-        let condition = condition::assess_filesystem(&facts);
+        let mut condition = condition::assess_filesystem(&facts);
+        if let (Ok(counts), Ok(device_bytes)) =
+            (&observation.statfs, blockdev::sysfs_size(sysfs_dir))
+        {
+            condition.problems.extend(condition::shrunk_device_problem(
+                &volume.fstype,
+                devno,
+                device_bytes,
+                counts,
+            ));
+        }
         if condition.is_abnormal() {
             return Err(VolumeError::FilesystemErrors {
                 mount_point: volume.mount_point.clone(),

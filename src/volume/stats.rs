@@ -116,6 +116,15 @@ impl VolumeService {
             }) if statfs_is_volume => Some(counts),
             _ => None,
         };
+        let device_bytes = blockdev::sysfs_size(&sysfs_dir).ok();
+        if let (Some(counts), Some(device_bytes)) = (counts, device_bytes) {
+            condition.problems.extend(condition::shrunk_device_problem(
+                &volume.fstype,
+                &devno,
+                device_bytes,
+                counts,
+            ));
+        }
         if let Some(counts) = counts {
             response.usage.push(usage::byte_usage(counts));
             response.usage.push(usage::inode_usage(counts));
