@@ -425,17 +425,32 @@ fn one_line(streams: &[&[u8]]) -> String {
 
 /// Finds `name` in `PATH`, then in [`TOOL_DIRS`].
 fn find_tool(name: &str) -> std::io::Result<PathBuf> {
-    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path_dirs).chain(TOOL_DIRS.iter().map(PathBuf::from));
-    for dir in dirs {
+    find_tool_in(name, &std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// Finds the executable `name` in the directories of `path_var`, then in
+/// [`TOOL_DIRS`]. Relative and empty entries (the working directory) are
+/// skipped, so that the agent, which runs as root, never runs a tool from
+/// wherever it was started. A file without an execute bit is skipped too,
+/// as execvp(3) does.
+fn find_tool_in(name: &str, path_var: &std::ffi::OsStr) -> std::io::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dirs = std::env::split_paths(path_var).chain(TOOL_DIRS.iter().map(PathBuf::from));
+    for dir in dirs.filter(|dir| dir.is_absolute()) {
         let candidate = dir.join(name);
-        if candidate.is_file() {
+        let executable = std::fs::metadata(&candidate)
+            .is_ok_and(|metadata| metadata.is_file() && metadata.permissions().mode() & 0o111 != 0);
+        if executable {
             return Ok(candidate);
         }
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::NotFound,
-        format!("{name} is not in PATH nor in {}", TOOL_DIRS.join(", ")),
+        format!(
+            "no executable {name} in the absolute PATH directories nor in {}",
+            TOOL_DIRS.join(", ")
+        ),
     ))
 }
 
@@ -485,6 +500,46 @@ mod tests {
         let joined = one_line(&[b"first\n\n  second \n", b"resize2fs: denied\n"]);
         assert_eq!(joined, "first; second; resize2fs: denied");
         assert_eq!(one_line(&[b"", b"\n"]), "");
+    }
+
+    #[test]
+    fn find_tool_skips_relative_and_non_executable() {
+        use std::os::unix::fs::PermissionsExt;
+
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        let runnable = dir.path().join("runnable");
+        std::fs::create_dir(&plain).unwrap();
+        std::fs::create_dir(&runnable).unwrap();
+        let name = "volume-test-grow-tool";
+        std::fs::write(plain.join(name), "").unwrap();
+        std::fs::write(runnable.join(name), "").unwrap();
+        let mode = std::fs::Permissions::from_mode(0o755);
+        std::fs::set_permissions(runnable.join(name), mode).unwrap();
+
+        let path_var = std::env::join_paths([&plain, &runnable]).unwrap();
+        assert_eq!(
+            find_tool_in(name, &path_var).unwrap(),
+            runnable.join(name),
+            "a file without an execute bit is skipped"
+        );
+
+        // A relative entry that leads from the working directory to the
+        // tool, as `../../tmp/...`, is still skipped.
+        let relative = runnable.strip_prefix("/").unwrap();
+        let cwd_relative = std::env::current_dir()
+            .unwrap()
+            .ancestors()
+            .count()
+            .saturating_sub(1);
+        let up: PathBuf = std::iter::repeat("..").take(cwd_relative).collect();
+        let path_var = std::env::join_paths([up.join(relative)]).unwrap();
+        assert!(
+            up.join(relative).join(name).is_file(),
+            "the relative entry reaches the tool"
+        );
+        let error = find_tool_in(name, &path_var).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
     }
 
     #[test]
