@@ -259,3 +259,17 @@ async fn shrunk_device_is_abnormal() {
         "{error}"
     );
 }
+
+#[tokio::test]
+async fn detached_raw_device_is_abnormal() {
+    require!();
+    let mut disk = LoopDisk::new(16 * MIB, "", &[]);
+    let volume = disk.managed_volume();
+    let (service, _state) = service();
+    // Detached but not removed: the node and sysfs entry stay, with size 0,
+    // as a disk whose medium is gone.
+    disk.detach();
+
+    let response = service.volume_stats(&disk.device, &volume).await.unwrap();
+    assert_abnormal(&response, &["has 0 bytes"]);
+}

@@ -138,11 +138,17 @@ pub fn assess_block_device(
     if !device_present {
         problems.push(format!("device {devno} is gone from sysfs"));
     }
-    if let Err(reason) = size {
-        problems.push(format!(
+    match size {
+        Err(reason) => problems.push(format!(
             "reading the size of {} failed: {reason}",
             dev_path.display()
-        ));
+        )),
+        // A detached loop device or a drive without its medium.
+        Ok(0) => problems.push(format!(
+            "device {} ({devno}) has 0 bytes; its backing storage is gone",
+            dev_path.display()
+        )),
+        Ok(_) => {}
     }
     Condition { problems }
 }
@@ -362,5 +368,10 @@ mod tests {
         assert!(gone
             .message()
             .contains("reading the size of /dev/vdb failed: No such device"));
+        let empty = assess_block_device(path, "254:16", true, Ok(&0));
+        assert_eq!(
+            empty.message(),
+            "device /dev/vdb (254:16) has 0 bytes; its backing storage is gone"
+        );
     }
 }
