@@ -157,6 +157,13 @@ async fn shut_down_xfs_stays_managed() {
         );
     }
 
+    let error = agent.resize(&bind, 0).await.unwrap_err();
+    assert_eq!(
+        status_code(&error),
+        ttrpc::Code::FAILED_PRECONDITION,
+        "{error:?}"
+    );
+
     agent.remove_container("c1").await.unwrap();
     agent.destroy_sandbox().await.unwrap();
 }
@@ -272,4 +279,69 @@ async fn detached_raw_device_is_abnormal() {
 
     let response = service.volume_stats(&disk.device, &volume).await.unwrap();
     assert_abnormal(&response, &["has 0 bytes"]);
+}
+
+/// Directory in which the child test mounts a tmpfs with a non-UTF-8 name.
+const ODD_MOUNT_DIR_ENV: &str = "VOLUME_TEST_ODD_MOUNT_DIR";
+
+#[test]
+fn non_utf8_mount_keeps_stats() {
+    require!("mkfs.ext4", "unshare");
+    // The odd mount goes into a private mount namespace, so that other
+    // processes on this machine never see it.
+    let dir = tempfile::Builder::new()
+        .prefix("volume-odd-")
+        .tempdir()
+        .unwrap();
+    let output = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "non_utf8_mount_child",
+            "--include-ignored",
+            "--nocapture",
+        ])
+        .env(ODD_MOUNT_DIR_ENV, dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "child test failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("1 passed"),
+        "child test did not run: {stdout}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs a private mount namespace; non_utf8_mount_keeps_stats starts it in one"]
+async fn non_utf8_mount_child() {
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = std::env::var_os(ODD_MOUNT_DIR_ENV).expect("started by non_utf8_mount_keeps_stats");
+    let odd = PathBuf::from(dir).join(std::ffi::OsStr::from_bytes(b"odd-\xff"));
+    std::fs::create_dir(&odd).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "odd"])
+        .arg(&odd)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mounting a tmpfs on {odd:?} failed");
+    let _odd_mount = Unmount(odd);
+
+    let mut disk = LoopDisk::new(64 * MIB, "ext4", &[]);
+    disk.mount("rw");
+    let volume = disk.managed_volume();
+    let (service, _state) = service();
+    let response = service
+        .volume_stats(&disk.mount_point, &volume)
+        .await
+        .unwrap();
+    assert_matches_kernel(&response, &disk.mount_point);
+    assert_eq!(response.volume_condition.message, "OK");
 }

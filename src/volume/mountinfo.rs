@@ -41,9 +41,11 @@ impl MountInfoEntry {
     }
 }
 
-/// Reads and parses the calling process's mount table.
+/// Reads and parses the calling process's mount table. Path bytes that are
+/// not UTF-8, which the kernel writes as they are, are decoded lossily, so
+/// one such mount does not fail the whole read.
 pub fn read() -> std::io::Result<Vec<MountInfoEntry>> {
-    std::fs::read_to_string("/proc/self/mountinfo").map(|text| parse(&text))
+    std::fs::read("/proc/self/mountinfo").map(|bytes| parse(&String::from_utf8_lossy(&bytes)))
 }
 
 /// Parses mountinfo text; malformed lines are skipped.
