@@ -1,6 +1,7 @@
-//! GetVolumeStats and ResizeVolume on hostile but valid requests: a
-//! read-only storage, symlinks into and out of a volume, `..` through a
-//! symlink.
+//! GetVolumeStats and ResizeVolume on hostile but valid requests and on
+//! real faults: a read-only, unmounted, covered, frozen or shut-down
+//! storage, a disk shrunk or detached under its volume, symlinks into and
+//! out of a volume, and a mount table with a non-UTF-8 path.
 
 mod volume_support;
 
@@ -344,4 +345,40 @@ async fn non_utf8_mount_child() {
         .unwrap();
     assert_matches_kernel(&response, &disk.mount_point);
     assert_eq!(response.volume_condition.message, "OK");
+}
+
+/// Thaws a frozen filesystem on drop, before its disk is torn down.
+struct Thaw(PathBuf);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn frozen_xfs_resize_is_bounded() {
+    require!("mkfs.xfs", "xfs_growfs", "fsfreeze");
+    let disk = LoopDisk::mounted(320 * MIB, "xfs");
+    let volume = disk.managed_volume();
+    let (service, _state) = service();
+    disk.grow_device(400 * MIB);
+    run(
+        "fsfreeze",
+        &["--freeze", disk.mount_point.to_str().unwrap()],
+    );
+    let thaw = Thaw(disk.mount_point.clone());
+
+    let started = Instant::now();
+    let result = service
+        .resize_volume(&volume, 400 * MIB, started + Duration::from_secs(2))
+        .await;
+    let elapsed = started.elapsed();
+    drop(thaw);
+    let error = result.unwrap_err();
+    assert_eq!(error.code(), ttrpc::Code::DEADLINE_EXCEEDED, "{error}");
+    assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
 }
