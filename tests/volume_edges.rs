@@ -1,7 +1,7 @@
 //! GetVolumeStats and ResizeVolume on hostile but valid requests and on
-//! real faults: a read-only, unmounted, covered, frozen or shut-down
-//! storage, a disk shrunk or detached under its volume, symlinks into and
-//! out of a volume, and a mount table with a non-UTF-8 path.
+//! real faults. The storage is read-only, unmounted, covered, frozen or
+//! shut down, or its disk shrank or emptied. Paths run through symlinks
+//! into and out of a volume, and the mount table has a non-UTF-8 path.
 
 mod volume_support;
 
@@ -269,14 +269,15 @@ async fn shrunk_device_is_abnormal() {
 }
 
 #[tokio::test]
-async fn detached_raw_device_is_abnormal() {
+async fn empty_raw_device_is_abnormal() {
     require!();
-    let mut disk = LoopDisk::new(16 * MIB, "", &[]);
+    let disk = LoopDisk::new(16 * MIB, "", &[]);
     let volume = disk.managed_volume();
     let (service, _state) = service();
-    // Detached but not removed: the node and sysfs entry stay, with size 0,
-    // as a disk whose medium is gone.
-    disk.detach();
+    // The backing file truncated to nothing: the node and sysfs entry stay
+    // with size 0, as for a drive whose medium is gone. Detaching would
+    // give the same, but a parallel test may attach the freed device.
+    grow_loop(&disk.image, &disk.device, 0);
 
     let response = service.volume_stats(&disk.device, &volume).await.unwrap();
     assert_abnormal(&response, &["has 0 bytes"]);

@@ -166,14 +166,6 @@ impl LoopDisk {
         result >= 0
     }
 
-    /// Detaches the loop device but leaves it in the system, so that its
-    /// node and sysfs entry stay with size 0. Drop then leaves the device
-    /// alone, because another process may attach it meanwhile.
-    pub fn detach(&mut self) {
-        run("losetup", &["--detach", self.device.to_str().unwrap()]);
-        self.removed = true;
-    }
-
     /// Returns the device's kernel name, e.g. `loop3`.
     pub fn kernel_name(&self) -> String {
         self.device
