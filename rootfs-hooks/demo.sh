@@ -36,7 +36,7 @@ fi
 
 "$repo/rootfs-hooks/setup-host.sh"
 
-echo "==> cargo build ${profile[*]} (volume-agent, volumectl, demo)"
+echo "==> cargo build${profile[*]:+ ${profile[*]}} (volume-agent, volumectl, demo)"
 cargo build -q "${profile[@]}" --bins --example demo
 "$repo/rootfs-hooks/build-test-guest.sh" "$repo/target/guest" "${guest_args[@]}"
 exec cargo run -q "${profile[@]}" --example demo

@@ -58,7 +58,7 @@ while (($#)); do
     esac
     shift
 done
-[[ -n "$rootfs" ]] || die "missing ROOTFS; usage: install-volume-agent.sh ROOTFS [--dry-run]"
+[[ -n "$rootfs" ]] || die "missing ROOTFS; usage: install-volume-agent.sh ROOTFS [--dry-run] [--agent PATH] [--no-unit]"
 [[ -d "$rootfs" ]] || die "ROOTFS $rootfs is not a directory; create the guest tree first"
 rootfs="$(realpath "$rootfs")"
 

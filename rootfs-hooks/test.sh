@@ -8,8 +8,10 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
-"$repo/rootfs-hooks/setup-host.sh"
+# rustup and `cargo install` put their binaries here; setup-host.sh needs
+# cargo, and the tests need vhost-device-vsock.
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+"$repo/rootfs-hooks/setup-host.sh"
 
 echo "==> cargo build"
 cargo build --workspace --all-targets

@@ -49,11 +49,12 @@ pub struct Args {
 
     /// Directory that every storage mount point must lie under.
     /// Kernel command line: agent.storage_root.
+    /// Default: /run/kata-containers/sandbox/storage.
     #[arg(long)]
     pub storage_root: Option<PathBuf>,
 
     /// File where the agent persists its storage state across restarts.
-    /// Kernel command line: agent.state_file.
+    /// Kernel command line: agent.state_file. Default: /run/volume-agent/state.json.
     #[arg(long)]
     pub state_file: Option<PathBuf>,
 

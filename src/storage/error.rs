@@ -69,7 +69,10 @@ pub enum StorageError {
         #[source]
         error: std::io::Error,
     },
-    #[error("resolving {field} {path} inside {root} failed")]
+    #[error(
+        "resolving {field} {path} inside {root} failed; check that {root} exists \
+         (a container rootfs must be created before CreateContainer)"
+    )]
     Resolve {
         field: &'static str,
         root: PathBuf,

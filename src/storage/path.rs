@@ -93,7 +93,8 @@ pub fn validate_mount_point(root: &Path, text: &str) -> Result<PathBuf, StorageE
             field: "mount_point",
             value: text.to_string(),
             reason: format!(
-                "resolves to {}, which is not below the storage root {}",
+                "resolves to {}, which is not below the storage root {}; \
+                 choose a mount point below it",
                 mount_point.display(),
                 root.display()
             ),

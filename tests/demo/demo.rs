@@ -56,7 +56,7 @@ fn main() -> ExitCode {
         Err(_) => return ExitCode::FAILURE,
     };
     println!(
-        "    booted in {:.1} s under {}; logs in {}",
+        "    booted in {:.1} s under {}; logs in {} (kept only if the demo fails)",
         guest.boot_time.as_secs_f64(),
         guest.accel,
         guest.dir().display()
