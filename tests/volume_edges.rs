@@ -281,6 +281,13 @@ async fn empty_raw_device_is_abnormal() {
 
     let response = service.volume_stats(&disk.device, &volume).await.unwrap();
     assert_abnormal(&response, &["has 0 bytes"]);
+
+    let error = service
+        .resize_volume(&volume, 0, Instant::now() + Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ttrpc::Code::FAILED_PRECONDITION, "{error}");
+    assert!(error.to_string().contains("0 bytes"), "{error}");
 }
 
 /// Directory in which the child test mounts a tmpfs with a non-UTF-8 name.

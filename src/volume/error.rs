@@ -53,6 +53,12 @@ pub enum VolumeError {
     #[error("device {devno} of volume {path} is gone from sysfs; the disk was removed")]
     DeviceGone { path: PathBuf, devno: String },
 
+    #[error(
+        "device {device} of volume {path} reports 0 bytes; its backing storage is gone, so \
+         reattach the disk"
+    )]
+    EmptyDevice { path: PathBuf, device: PathBuf },
+
     #[error("reading the size of device {device} failed")]
     DeviceSize {
         device: PathBuf,
@@ -164,6 +170,7 @@ impl VolumeError {
             | VolumeError::NotMounted { .. }
             | VolumeError::DeviceMismatch { .. }
             | VolumeError::DeviceGone { .. }
+            | VolumeError::EmptyDevice { .. }
             | VolumeError::ReadOnly { .. }
             | VolumeError::FilesystemErrors { .. }
             | VolumeError::UnsupportedFstype { .. } => ttrpc::Code::FAILED_PRECONDITION,

@@ -104,6 +104,12 @@ impl VolumeService {
             let device_bytes = self
                 .wait_for_size(volume, &sysfs_dir, size, deadline)
                 .await?;
+            if device_bytes == 0 {
+                return Err(VolumeError::EmptyDevice {
+                    path: volume.mount_point.clone(),
+                    device: volume.dev_path.clone(),
+                });
+            }
             return Ok(ResizeOutcome::DeviceOnly { device_bytes });
         }
 
