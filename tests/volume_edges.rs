@@ -390,3 +390,28 @@ async fn frozen_xfs_resize_is_bounded() {
     assert_eq!(error.code(), ttrpc::Code::DEADLINE_EXCEEDED, "{error}");
     assert!(elapsed < Duration::from_secs(4), "took {elapsed:?}");
 }
+
+#[tokio::test]
+async fn overlong_path_is_invalid() {
+    let (service, _state) = service();
+    let long_path = format!("/{}", "a/".repeat(3000));
+    let long_name = format!("/tmp/{}", "b".repeat(300));
+    for path in [&long_path, &long_name] {
+        let error = service.stats(path).await.unwrap_err();
+        assert_eq!(
+            error.code(),
+            ttrpc::Code::INVALID_ARGUMENT,
+            "stats: {error}"
+        );
+        assert!(error.to_string().contains("limited to"), "{error}");
+        let error = service
+            .resize(path, 0, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            error.code(),
+            ttrpc::Code::INVALID_ARGUMENT,
+            "resize: {error}"
+        );
+    }
+}

@@ -8,6 +8,9 @@ pub enum VolumeError {
     #[error("volume path {path} not found; give an existing path in the guest")]
     NotFound { path: PathBuf },
 
+    #[error("volume path {path} is invalid: it {reason}")]
+    InvalidPath { path: PathBuf, reason: String },
+
     #[error("resolving volume path {path} failed")]
     ResolvePath {
         path: PathBuf,
@@ -162,7 +165,9 @@ impl VolumeError {
     pub fn code(&self) -> ttrpc::Code {
         match self {
             VolumeError::NotFound { .. } => ttrpc::Code::NOT_FOUND,
-            VolumeError::Shrink { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            VolumeError::InvalidPath { .. } | VolumeError::Shrink { .. } => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
             VolumeError::ProbeTimeout { .. }
             | VolumeError::DeviceTooSmall { .. }
             | VolumeError::ToolTimeout { .. } => ttrpc::Code::DEADLINE_EXCEEDED,
