@@ -415,3 +415,21 @@ async fn overlong_path_is_invalid() {
         );
     }
 }
+
+#[tokio::test]
+async fn symlink_loop_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first");
+    std::os::unix::fs::symlink(dir.path().join("second"), &first).unwrap();
+    std::os::unix::fs::symlink(&first, dir.path().join("second")).unwrap();
+    let (service, _state) = service();
+    let path = first.to_str().unwrap();
+
+    let error = service.stats(path).await.unwrap_err();
+    assert_eq!(error.code(), ttrpc::Code::NOT_FOUND, "stats: {error}");
+    let error = service
+        .resize(path, 0, Duration::from_secs(5))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ttrpc::Code::NOT_FOUND, "resize: {error}");
+}

@@ -207,11 +207,12 @@ fn checked_path(path: &str) -> Result<PathBuf, VolumeError> {
     })
 }
 
-/// Tells whether a stat error means the path does not exist.
+/// Tells whether a stat error means the path does not exist. A symlink
+/// loop (ELOOP) leads to no file either.
 fn is_missing(error: &std::io::Error) -> bool {
     matches!(
         error.raw_os_error(),
-        Some(libc::ENOENT) | Some(libc::ENOTDIR)
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
     )
 }
 

@@ -43,7 +43,9 @@ impl VolumeService {
             .await
             .map_err(|stall| self.probe_timeout("statfs", path, stall))?;
         let stat = match probed {
-            Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
+            Err(nix::errno::Errno::ENOENT)
+            | Err(nix::errno::Errno::ENOTDIR)
+            | Err(nix::errno::Errno::ELOOP) => {
                 return Err(VolumeError::NotFound {
                     path: path.to_path_buf(),
                 })
