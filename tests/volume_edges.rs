@@ -433,3 +433,37 @@ async fn symlink_loop_is_not_found() {
         .unwrap_err();
     assert_eq!(error.code(), ttrpc::Code::NOT_FOUND, "resize: {error}");
 }
+
+#[tokio::test]
+async fn mount_inside_volume_is_unmanaged() {
+    require!("mkfs.xfs");
+    let disk = LoopDisk::new(320 * MIB, "xfs", &[]);
+    let (agent, mount_point) = start_with_storage(&disk, "vol-nested").await;
+    let nested = mount_point.join("nested");
+    std::fs::create_dir(&nested).unwrap();
+    run(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=8m",
+            "nested",
+            nested.to_str().unwrap(),
+        ],
+    );
+    let nested_mount = Unmount(nested.clone());
+
+    let stats = agent.stats(&nested).await.unwrap();
+    assert_matches_kernel(&stats, &nested);
+    let message = &stats.volume_condition.message;
+    assert!(
+        message.contains("not on a volume this agent manages"),
+        "a tmpfs inside the volume is not the volume: {message}"
+    );
+    let at_volume = agent.stats(&mount_point).await.unwrap();
+    assert_matches_kernel(&at_volume, &mount_point);
+
+    drop(nested_mount);
+    agent.destroy_sandbox().await.unwrap();
+}

@@ -20,6 +20,8 @@ impl VolumeService {
     /// path really is: a symlink into a volume finds that volume, and a
     /// symlink or `..` that leaves a volume does not count as on it.
     ///
+    /// A path on another filesystem mounted inside a volume is not on it.
+    ///
     /// Resolving runs in a bounded probe. When it fails (a shut-down xfs
     /// returns EIO, a hung device never returns) the lexical match of the
     /// storage records is used, so that stats still report the fault.
@@ -35,15 +37,34 @@ impl VolumeService {
         let Ok(Ok(real)) = located else {
             return lexical;
         };
-        if let Some(volume) = self.storage.lookup_path(&real.path) {
+
+        let Some(volume) = self.storage.lookup_path(&real.path) else {
+            // A record whose own path runs through a symlink matches only
+            // lexically. Such a match is kept when the path is on the
+            // volume's device.
+            // NOTE: btrfs reports an anonymous st_dev, so a btrfs volume is
+            // found this way only through its canonical path.
+            return lexical.filter(|volume| is_on_device(volume, &real));
+        };
+        if volume.fstype.is_empty() || is_on_device(&volume, &real) {
             return Some(volume);
         }
-        // A record whose own path runs through a symlink matches only
-        // lexically. Such a match is kept when the path is on the volume's
-        // device.
-        // NOTE: btrfs reports an anonymous st_dev, so a btrfs volume is
-        // found this way only through its canonical path.
-        lexical.filter(|volume| is_on_device(volume, &real))
+
+        // A path on another filesystem mounted inside the volume is not on
+        // the volume. A path on the same filesystem as the mount point
+        // still is: that covers a storage that lost its mount and the
+        // anonymous st_dev of btrfs.
+        let mount_point = volume.mount_point.clone();
+        let mount_point_dev = self
+            .prober
+            .run(&volume.mount_point, move || {
+                std::fs::metadata(mount_point).map(|metadata| metadata.dev())
+            })
+            .await;
+        match mount_point_dev {
+            Ok(Ok(dev)) if dev != real.dev => None,
+            _ => Some(volume),
+        }
     }
 }
 
