@@ -126,6 +126,15 @@ pub enum VolumeError {
         reason: String,
     },
 
+    #[error(
+        "the agent lacks {capability}, which {tool} needs to grow a mounted filesystem; \
+         start the agent with that capability"
+    )]
+    MissingCapability {
+        tool: &'static str,
+        capability: &'static str,
+    },
+
     #[error("starting {tool} failed; install it in the guest image")]
     SpawnTool {
         tool: &'static str,
@@ -178,7 +187,8 @@ impl VolumeError {
             | VolumeError::EmptyDevice { .. }
             | VolumeError::ReadOnly { .. }
             | VolumeError::FilesystemErrors { .. }
-            | VolumeError::UnsupportedFstype { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            | VolumeError::UnsupportedFstype { .. }
+            | VolumeError::MissingCapability { .. } => ttrpc::Code::FAILED_PRECONDITION,
             VolumeError::SpawnTool { error, .. }
                 if error.kind() == std::io::ErrorKind::NotFound =>
             {

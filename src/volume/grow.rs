@@ -21,6 +21,10 @@ const SIZE_POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// often starts the agent with a `PATH` that lacks the sbin directories.
 const TOOL_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
+/// Capability numbers from <linux/capability.h>.
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_SYS_RESOURCE: u32 = 24;
+
 type GeometryReader = fn(&Path) -> Result<FsGeometry, String>;
 
 /// Result of a successful resize.
@@ -60,6 +64,17 @@ impl GrowTool {
             GrowTool::Resize2fs => "resize2fs",
             GrowTool::XfsGrowfs => "xfs_growfs",
             GrowTool::Btrfs => "btrfs",
+        }
+    }
+
+    /// Returns the capability that the kernel's grow ioctl checks and its
+    /// name: `ext4_resize_begin` and `btrfs_ioctl_resize` in Linux
+    /// fs/ext4/resize.c and fs/btrfs/ioctl.c, and `XFS_IOC_FSGROWFSDATA`
+    /// in fs/xfs/xfs_ioctl.c. Without it the tool fails with EPERM.
+    fn capability(self) -> (u32, &'static str) {
+        match self {
+            GrowTool::Resize2fs => (CAP_SYS_RESOURCE, "CAP_SYS_RESOURCE"),
+            GrowTool::XfsGrowfs | GrowTool::Btrfs => (CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
         }
     }
 
@@ -138,6 +153,14 @@ impl VolumeService {
             return Ok(ResizeOutcome::AlreadyGrown {
                 device_bytes,
                 fs_bytes: geometry.bytes(),
+            });
+        }
+
+        let (capability, capability_name) = tool.capability();
+        if !has_effective_capability(capability) {
+            return Err(VolumeError::MissingCapability {
+                tool: tool.program(),
+                capability: capability_name,
             });
         }
 
@@ -427,6 +450,22 @@ fn one_line(streams: &[&[u8]]) -> String {
         })
         .collect();
     text.join("; ")
+}
+
+/// Tells whether this process has `capability` in its effective set, from
+/// the `CapEff` line of `/proc/self/status`. When that line cannot be read
+/// it returns true, so that the tool runs and reports for itself.
+fn has_effective_capability(capability: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+    effective.map_or(true, |mask| {
+        capability >= 64 || mask & (1 << capability) != 0
+    })
 }
 
 /// Finds `name` in `PATH`, then in [`TOOL_DIRS`].
