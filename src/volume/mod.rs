@@ -21,6 +21,7 @@ pub mod mountinfo;
 pub mod probe;
 mod resolve;
 mod stats;
+mod tool;
 pub mod usage;
 
 use std::collections::HashMap;
