@@ -9,8 +9,10 @@
 //! filesystem online and confirm the growth by `statfs`.
 //!
 //! Calls that can sleep forever on a dead device (statfs, open, ioctls)
-//! run as bounded probes, see [`probe`]. Requests on one storage are
-//! serialized through [`StorageManager::lock_storage`].
+//! run as bounded probes, see [`probe`]. A resize holds its storage's lock
+//! ([`StorageManager::lock_storage`]) exclusively; statistics hold it shared,
+//! so they run in parallel with each other but never during a resize, mount
+//! or unmount of the same storage.
 
 pub mod blockdev;
 pub mod condition;
@@ -50,6 +52,8 @@ pub struct VolumeService {
     registry: Arc<DeviceRegistry>,
     sysfs_root: PathBuf,
     prober: Prober,
+    /// Mount table for the condition checks of GetVolumeStats.
+    mount_table: mountinfo::MountTable,
     /// Condition message last reported per mount point, to log changes only.
     last_conditions: Mutex<HashMap<PathBuf, String>>,
 }
@@ -66,6 +70,7 @@ impl VolumeService {
             registry,
             sysfs_root: PathBuf::from("/sys"),
             prober: Prober::new(DEFAULT_PROBE_TIMEOUT),
+            mount_table: mountinfo::MountTable::new(),
             last_conditions: Mutex::new(HashMap::new()),
         }
     }
@@ -98,7 +103,7 @@ impl VolumeService {
         match self.find_volume(&path).await {
             None => self.unmanaged_stats(&path).await,
             Some(volume) => {
-                let _guard = self.storage.lock_storage(&volume.mount_point).await;
+                let _guard = self.storage.lock_storage_shared(&volume.mount_point).await;
                 self.volume_stats(&path, &volume).await
             }
         }
