@@ -169,7 +169,7 @@ pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
         .filter_map(|word| word.split_once('='))
         .filter(|(name, _)| *name == key)
         .map(|(_, value)| value.trim_matches('"').to_string())
-        .last()
+        .next_back()
 }
 
 fn validate_listen(listen: &str) -> Result<(), ConfigError> {

@@ -177,7 +177,7 @@ impl MountTable {
                 nix::poll::PollFlags::POLLPRI,
             )];
             let changed = match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
-                Ok(_) => fds[0].revents().is_none_or(|events| {
+                Ok(_) => fds[0].revents().map_or(true, |events| {
                     events.intersects(nix::poll::PollFlags::POLLPRI | nix::poll::PollFlags::POLLERR)
                 }),
                 // Without a working poll there is no way to know: read again.
