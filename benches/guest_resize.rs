@@ -1,0 +1,508 @@
+//! Measures what ResizeVolume costs over running the grow tool by hand, in
+//! one QEMU guest boot.
+//!
+//! For ext4 and xfs it plugs two identical virtio-blk disks: the agent
+//! mounts the first (`volumectl attach`) and the guest shell mounts the
+//! second by hand. Each round grows both disks by 64 MiB with QMP
+//! `block_resize`, waits until the guest sees the new size of both, then
+//! times `volumectl resize MOUNT_POINT 0` on the host (wall time, hybrid
+//! vsock, process start included) and `resize2fs DEVICE` or
+//! `xfs_growfs MOUNT_POINT` in the guest shell (guest CLOCK_MONOTONIC). The
+//! agent's own `elapsed_ms` comes from its "volume resized" log line on the
+//! serial console. Every round checks that both filesystems grew.
+//!
+//! Run: `cargo bench --bench guest_resize -- [--quick] [--write PATH]`.
+//! `--quick` runs one round per filesystem, `--write PATH` writes the
+//! results as a markdown section. Needs root, QEMU, vhost-device-vsock and
+//! the guest image from `rootfs-hooks/build-test-guest.sh target/guest`;
+//! without them it prints why and exits 0.
+
+#[path = "../tests/harness/mod.rs"]
+mod harness;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+use harness::qemu::FIRST_ROOT_PORT_SLOT;
+use harness::volume::{Bus, Disk, Plug};
+use harness::volumectl::Volumectl;
+use harness::{Fstype, Guest};
+
+const MIB: u64 = 1024 * 1024;
+const ROUNDS: usize = 5;
+const GROWTH: u64 = 64 * MIB;
+/// Time the guest gets to see a `block_resize` (about 20 ms when idle).
+const SIZE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time the agent's log line gets to reach the serial log after the reply.
+const LOG_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Command-line options after `--`.
+struct Options {
+    rounds: usize,
+    write: Option<PathBuf>,
+}
+
+/// One filesystem's pair of disks: `agent` mounted by the agent, `direct`
+/// mounted by hand in the guest shell.
+struct Pair {
+    fstype: Fstype,
+    agent: Disk,
+    agent_device: String,
+    mount_point: String,
+    direct: Disk,
+    direct_device: String,
+    direct_mount: String,
+    size: u64,
+}
+
+/// Timings of one round, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// Host wall time of `volumectl resize`.
+    agent_wall: f64,
+    /// `elapsed_ms` the agent logged for the grow, if its line was found.
+    agent_logged: Option<f64>,
+    /// Guest time of the grow tool run by hand.
+    direct: f64,
+}
+
+fn main() -> ExitCode {
+    let options = match parse_options(std::env::args().skip(1)) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("guest_resize: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(prerequisites) = harness::require_guest("guest_resize bench") else {
+        return ExitCode::SUCCESS;
+    };
+    let mut guest = match Guest::boot(&prerequisites, "bench-resize") {
+        Ok(guest) => guest,
+        Err(error) => {
+            eprintln!("guest_resize: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "guest booted in {:.1} s under {}",
+        guest.boot_time.as_secs_f64(),
+        guest.accel
+    );
+    match run(&mut guest, &options, &prerequisites.image.dir) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Dropping the guest prints where its serial log was kept.
+            guest.keep_logs();
+            eprintln!("guest_resize failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn parse_options(args: impl Iterator<Item = String>) -> Result<Options> {
+    let mut options = Options {
+        rounds: ROUNDS,
+        write: None,
+    };
+    let mut args = args.peekable();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.rounds = 1,
+            "--write" => {
+                let path = args.next().context("--write needs a file path")?;
+                options.write = Some(PathBuf::from(path));
+            }
+            // `cargo bench` passes --bench to every bench binary.
+            "--bench" => {}
+            other => bail!("unknown option {other:?}; expected --quick or --write PATH"),
+        }
+    }
+    Ok(options)
+}
+
+fn run(guest: &mut Guest, options: &Options, image_dir: &Path) -> Result<()> {
+    let volumectl = Volumectl::new(&guest.agent_address());
+    let mut results = Vec::new();
+    for (fstype, size, root_ports) in [
+        (Fstype::Ext4, 256 * MIB, (0, 1)),
+        (Fstype::Xfs, 320 * MIB, (2, 3)),
+    ] {
+        let mut pair = set_up(guest, &volumectl, fstype, size, root_ports)
+            .with_context(|| format!("setting up the {} disks", fstype.name()))?;
+        let mut rounds = Vec::new();
+        for index in 0..options.rounds {
+            let round = measure_round(guest, &volumectl, &mut pair)
+                .with_context(|| format!("{} round {}", fstype.name(), index + 1))?;
+            println!(
+                "{} round {}: agent {:.0} ms wall, {} logged; direct {:.0} ms",
+                fstype.name(),
+                index + 1,
+                round.agent_wall,
+                round
+                    .agent_logged
+                    .map_or("not".to_string(), |ms| format!("{ms:.0} ms")),
+                round.direct
+            );
+            rounds.push(round);
+        }
+        results.push((fstype, rounds));
+    }
+
+    let section = render(guest, options.rounds, image_dir, &results);
+    println!("\n{section}");
+    if let Some(path) = &options.write {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        std::fs::write(path, &section).with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    guest.shutdown()
+}
+
+/// Creates, plugs and mounts both disks of one filesystem.
+fn set_up(
+    guest: &mut Guest,
+    volumectl: &Volumectl,
+    fstype: Fstype,
+    size: u64,
+    (agent_port, direct_port): (u8, u8),
+) -> Result<Pair> {
+    let name = fstype.name();
+    let agent = Disk::create(
+        guest,
+        &format!("{name}-agent"),
+        Bus::Blk {
+            root_port: agent_port,
+        },
+        fstype,
+        size,
+    )?;
+    let direct = Disk::create(
+        guest,
+        &format!("{name}-direct"),
+        Bus::Blk {
+            root_port: direct_port,
+        },
+        fstype,
+        size,
+    )?;
+
+    let mount_point = agent.attach(
+        guest,
+        volumectl,
+        Plug::BeforeRequest,
+        &format!("bench-{name}"),
+        &format!("/run/bench/{name}/rootfs"),
+        &["/data"],
+    )?;
+    let agent_device = block_device_on_port(guest, agent_port)?;
+
+    direct.plug(guest)?;
+    let direct_device = wait_block_device_on_port(guest, direct_port)?;
+    let direct_mount = format!("/mnt/direct-{name}");
+    guest.shell.run_ok(&format!(
+        "mkdir -p {direct_mount} && mount -t {name} /dev/{direct_device} {direct_mount}"
+    ))?;
+    println!(
+        "{name}: agent disk {agent_device} at {mount_point}, direct disk {direct_device} at {direct_mount}"
+    );
+    Ok(Pair {
+        fstype,
+        agent,
+        agent_device,
+        mount_point,
+        direct,
+        direct_device,
+        direct_mount,
+        size,
+    })
+}
+
+/// Grows both disks by [`GROWTH`] and times each grow.
+fn measure_round(guest: &mut Guest, volumectl: &Volumectl, pair: &mut Pair) -> Result<Round> {
+    let new_size = pair.size + GROWTH;
+    let agent_before = volumectl.stats(&pair.mount_point)?.bytes_total;
+    let direct_before = df_bytes(guest, &pair.direct_mount)?;
+
+    guest.qmp.block_resize(&pair.agent.node, new_size)?;
+    guest.qmp.block_resize(&pair.direct.node, new_size)?;
+    // Neither grow may start before the guest sees the new size, or the
+    // agent's `resize 0` would find nothing to grow.
+    wait_guest_size(guest, &pair.agent_device, new_size)?;
+    wait_guest_size(guest, &pair.direct_device, new_size)?;
+    pair.size = new_size;
+
+    let logged_before = resized_log_entries(&guest.serial_log(), &pair.mount_point).len();
+    let started = Instant::now();
+    volumectl.run(&["resize", &pair.mount_point, "0"])?;
+    let agent_wall = started.elapsed().as_secs_f64() * 1000.0;
+    let agent_logged = wait_logged_elapsed(&guest.serial_log(), &pair.mount_point, logged_before);
+
+    let direct = time_direct_grow(guest, pair)?;
+
+    let agent_after = volumectl.stats(&pair.mount_point)?.bytes_total;
+    let direct_after = df_bytes(guest, &pair.direct_mount)?;
+    for (who, before, after) in [
+        ("agent", agent_before, agent_after),
+        ("direct", direct_before, direct_after),
+    ] {
+        ensure!(
+            after >= before + GROWTH * 9 / 10,
+            "the {who} filesystem grew only from {before} to {after} bytes"
+        );
+    }
+    Ok(Round {
+        agent_wall,
+        agent_logged,
+        direct,
+    })
+}
+
+/// Runs the grow tool on the hand-mounted disk and returns its run time in
+/// ms, read from the guest's CLOCK_MONOTONIC (`now at` in
+/// /proc/timer_list, because busybox date has no `%N`).
+fn time_direct_grow(guest: &mut Guest, pair: &Pair) -> Result<f64> {
+    let tool = match pair.fstype {
+        Fstype::Ext4 => format!("resize2fs /dev/{}", pair.direct_device),
+        Fstype::Xfs => format!("xfs_growfs {}", pair.direct_mount),
+    };
+    let clock = "grep -m1 'now at' /proc/timer_list";
+    let output = guest.shell.run_ok(&format!(
+        "t0=$({clock}); {tool} >/tmp/direct-grow.log 2>&1; s=$?; t1=$({clock}); \
+         echo \"$t0 $t1\"; [ $s -eq 0 ] || {{ cat /tmp/direct-grow.log; exit $s; }}"
+    ))?;
+    let stamps: Vec<u64> = output
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    let [t0, t1] = stamps[..] else {
+        bail!("expected two `now at N nsecs` stamps around {tool}, got {output:?}");
+    };
+    Ok(t1.saturating_sub(t0) as f64 / 1e6)
+}
+
+/// Returns the name (`vdb`) of the virtio-blk disk behind root port `rpN`.
+fn block_device_on_port(guest: &mut Guest, root_port: u8) -> Result<String> {
+    let port = format!("/0000:00:{:02x}.0/", FIRST_ROOT_PORT_SLOT + root_port);
+    let listing = guest
+        .shell
+        .run_ok("for d in /sys/block/vd*; do echo $(basename $d) $(readlink -f $d); done")?;
+    listing
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .find(|(_, sysfs)| sysfs.contains(&port))
+        .map(|(name, _)| name.to_string())
+        .with_context(|| format!("no /sys/block/vd* behind {port}: {listing}"))
+}
+
+fn wait_block_device_on_port(guest: &mut Guest, root_port: u8) -> Result<String> {
+    let deadline = Instant::now() + SIZE_TIMEOUT;
+    loop {
+        match block_device_on_port(guest, root_port) {
+            Ok(name) => {
+                // The uevent makes the /dev node; wait for it too.
+                if guest.shell.run(&format!("test -b /dev/{name}"))?.status == 0 {
+                    return Ok(name);
+                }
+            }
+            Err(error) if Instant::now() >= deadline => return Err(error),
+            Err(_) => {}
+        }
+        if Instant::now() >= deadline {
+            bail!("the disk on root port rp{root_port} has no /dev node after {SIZE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `/sys/block/DEVICE/size` (512-byte sectors) shows `bytes`.
+fn wait_guest_size(guest: &mut Guest, device: &str, bytes: u64) -> Result<()> {
+    let deadline = Instant::now() + SIZE_TIMEOUT;
+    loop {
+        let sectors: u64 = guest
+            .shell
+            .run_ok(&format!("cat /sys/block/{device}/size"))?
+            .trim()
+            .parse()
+            .with_context(|| format!("reading /sys/block/{device}/size"))?;
+        if sectors * 512 == bytes {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{device} shows {} bytes, not {bytes}, after {SIZE_TIMEOUT:?}",
+                sectors * 512
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Total bytes of the filesystem at `mount_point` from busybox `df -k`.
+fn df_bytes(guest: &mut Guest, mount_point: &str) -> Result<u64> {
+    let output = guest.shell.run_ok(&format!("df -k {mount_point}"))?;
+    let kib: u64 = output
+        .lines()
+        .last()
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|field| field.parse().ok())
+        .with_context(|| format!("no size column in df -k {mount_point}: {output:?}"))?;
+    Ok(kib * 1024)
+}
+
+/// Returns `elapsed_ms` of every "volume resized" JSON line for
+/// `mount_point` in the serial log, oldest first.
+fn resized_log_entries(serial_log: &Path, mount_point: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(serial_log).unwrap_or_default();
+    text.lines()
+        .filter(|line| line.contains("volume resized"))
+        // Kernel messages may precede the JSON object on the same line.
+        .filter_map(|line| serde_json::from_str::<Value>(&line[line.find('{')?..]).ok())
+        .filter(|entry| entry["mount_point"] == mount_point)
+        .filter_map(|entry| entry["elapsed_ms"].as_u64())
+        .collect()
+}
+
+/// Waits for a "volume resized" line beyond the first `seen` ones and
+/// returns its `elapsed_ms`, or `None` if none arrives in [`LOG_TIMEOUT`].
+fn wait_logged_elapsed(serial_log: &Path, mount_point: &str, seen: usize) -> Option<f64> {
+    let deadline = Instant::now() + LOG_TIMEOUT;
+    loop {
+        if let Some(&ms) = resized_log_entries(serial_log, mount_point).get(seen) {
+            return Some(ms as f64);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let middle = values.len() / 2;
+    Some(if values.len() % 2 == 1 {
+        values[middle]
+    } else {
+        (values[middle - 1] + values[middle]) / 2.0
+    })
+}
+
+/// Renders the results as a markdown section with the machine it ran on.
+fn render(
+    guest: &Guest,
+    rounds: usize,
+    image_dir: &Path,
+    results: &[(Fstype, Vec<Round>)],
+) -> String {
+    let mut text = String::new();
+    let _ = writeln!(text, "## ResizeVolume overhead in a QEMU guest\n");
+    let _ = writeln!(
+        text,
+        "Measured by `cargo bench --bench guest_resize -- --write PATH` ({rounds} rounds per \
+         filesystem, each growing two identical virtio-blk disks by {} MiB).",
+        GROWTH / MIB
+    );
+    let _ = writeln!(
+        text,
+        "*agent wall* is the host wall time of `volumectl resize MOUNT_POINT 0` over hybrid \
+         vsock, volumectl's process start included. *agent logged* is the `elapsed_ms` of the \
+         agent's \"volume resized\" log line. *direct* is `resize2fs DEVICE` or `xfs_growfs \
+         MOUNT_POINT` run in the guest shell on the second disk, mounted by hand, timed with the \
+         guest's CLOCK_MONOTONIC. All columns are p50 in ms; ratio and overhead compare agent \
+         wall with direct.\n"
+    );
+    let _ = writeln!(
+        text,
+        "- date: {}",
+        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
+    );
+    let _ = writeln!(
+        text,
+        "- host: {}, {} CPUs, kernel {}",
+        cpu_model(),
+        cpu_count(),
+        command_line("uname", &["-r"])
+    );
+    let guest_kernel =
+        std::fs::read_to_string(image_dir.join("kernel-version")).unwrap_or_default();
+    let _ = writeln!(
+        text,
+        "- guest: kernel {}, QEMU q35 under {}, 2 vCPUs, 1 GiB; agent binary from the guest image \
+         (debug build unless the image was built with `--release`)\n",
+        guest_kernel.trim(),
+        guest.accel
+    );
+    let _ = writeln!(
+        text,
+        "| filesystem | rounds | agent wall | agent logged | direct | agent/direct | overhead |"
+    );
+    let _ = writeln!(text, "|---|---|---|---|---|---|---|");
+    for (fstype, measured) in results {
+        let wall = median(measured.iter().map(|round| round.agent_wall).collect());
+        let logged = median(
+            measured
+                .iter()
+                .filter_map(|round| round.agent_logged)
+                .collect(),
+        );
+        let direct = median(measured.iter().map(|round| round.direct).collect());
+        let format = |value: Option<f64>| value.map_or("n/a".to_string(), |ms| format!("{ms:.0}"));
+        let (ratio, overhead) = match (wall, direct) {
+            (Some(wall), Some(direct)) if direct > 0.0 => (
+                format!("{:.1}x", wall / direct),
+                format!("{:+.0} ms", wall - direct),
+            ),
+            _ => ("n/a".to_string(), "n/a".to_string()),
+        };
+        let _ = writeln!(
+            text,
+            "| {} | {} | {} | {} | {} | {ratio} | {overhead} |",
+            fstype.name(),
+            measured.len(),
+            format(wall),
+            format(logged),
+            format(direct)
+        );
+    }
+    if guest.accel == "tcg" {
+        let _ = writeln!(
+            text,
+            "\nQEMU ran under TCG (software emulation), so every absolute time is several times \
+             what KVM would give; compare the ratio and the overhead, not the absolute times."
+        );
+    }
+    text
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    harness::image::run(program, args)
+        .map(|output| output.trim().to_string())
+        .unwrap_or_else(|_| format!("unknown ({program} failed)"))
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|line| line.starts_with("model name"))
+                .and_then(|line| line.split_once(':'))
+                .map(|(_, model)| model.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+fn cpu_count() -> usize {
+    std::thread::available_parallelism().map_or(0, usize::from)
+}
