@@ -4,7 +4,7 @@
 //! For ext4 and xfs it plugs two identical virtio-blk disks: the agent
 //! mounts the first (`volumectl attach`) and the guest shell mounts the
 //! second by hand. Each round grows both disks by 64 MiB with QMP
-//! `block_resize`, waits until the guest sees the new size of both, then
+//! `block_resize`, waits until the guest reports the new size of both, then
 //! times `volumectl resize MOUNT_POINT 0` on the host (wall time, hybrid
 //! vsock, process start included) and `resize2fs DEVICE` or
 //! `xfs_growfs MOUNT_POINT` in the guest shell (guest CLOCK_MONOTONIC). The
@@ -12,7 +12,8 @@
 //! serial console. Every round checks that both filesystems grew.
 //!
 //! Run: `cargo bench --bench guest_resize -- [--quick] [--write PATH]`.
-//! `--quick` runs one round per filesystem, `--write PATH` writes the
+//! `--quick` runs one round per filesystem (for breakage checks), `--rounds N`
+//! sets the count (default 9), `--write PATH` writes the
 //! results as a markdown section. Needs root, QEMU, vhost-device-vsock and
 //! the guest image from `rootfs-hooks/build-test-guest.sh target/guest`;
 //! without them it prints why and exits 0.
@@ -34,7 +35,9 @@ use harness::volumectl::Volumectl;
 use harness::{Fstype, Guest};
 
 const MIB: u64 = 1024 * 1024;
-const ROUNDS: usize = 5;
+/// Default rounds per filesystem. The count is odd, so the p50 is one
+/// measured round.
+const ROUNDS: usize = 9;
 const GROWTH: u64 = 64 * MIB;
 /// Time the guest gets to see a `block_resize` (about 20 ms when idle).
 const SIZE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -67,6 +70,9 @@ struct Round {
     agent_wall: f64,
     /// `elapsed_ms` the agent logged for the grow, if its line was found.
     agent_logged: Option<f64>,
+    /// Agent time from the request to starting the tool, from the `ts` of
+    /// its "growing filesystem" line.
+    agent_before_tool: Option<f64>,
     /// Guest time of the grow tool run by hand.
     direct: f64,
 }
@@ -114,13 +120,25 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--quick" => options.rounds = 1,
+            "--rounds" => {
+                let count = args.next().context("--rounds needs a count")?;
+                options.rounds = count
+                    .parse()
+                    .ok()
+                    .filter(|&count: &usize| count > 0)
+                    .with_context(|| {
+                        format!("invalid --rounds {count:?}; expected a count of 1 or more")
+                    })?;
+            }
             "--write" => {
                 let path = args.next().context("--write needs a file path")?;
                 options.write = Some(PathBuf::from(path));
             }
             // `cargo bench` passes --bench to every bench binary.
             "--bench" => {}
-            other => bail!("unknown option {other:?}; expected --quick or --write PATH"),
+            other => {
+                bail!("unknown option {other:?}; expected --quick, --rounds N or --write PATH")
+            }
         }
     }
     Ok(options)
@@ -137,16 +155,16 @@ fn run(guest: &mut Guest, options: &Options, image_dir: &Path) -> Result<()> {
             .with_context(|| format!("setting up the {} disks", fstype.name()))?;
         let mut rounds = Vec::new();
         for index in 0..options.rounds {
-            let round = measure_round(guest, &volumectl, &mut pair)
+            let round = measure_round(guest, &volumectl, &mut pair, index)
                 .with_context(|| format!("{} round {}", fstype.name(), index + 1))?;
             println!(
-                "{} round {}: agent {:.0} ms wall, {} logged; direct {:.0} ms",
+                "{} round {}: agent {:.0} ms wall, {} ms logged, {} ms before the tool; \
+                 direct {:.0} ms",
                 fstype.name(),
                 index + 1,
                 round.agent_wall,
-                round
-                    .agent_logged
-                    .map_or("not".to_string(), |ms| format!("{ms:.0} ms")),
+                format_ms(round.agent_logged),
+                format_ms(round.agent_before_tool),
                 round.direct
             );
             rounds.push(round);
@@ -225,27 +243,44 @@ fn set_up(
     })
 }
 
-/// Grows both disks by [`GROWTH`] and times each grow.
-fn measure_round(guest: &mut Guest, volumectl: &Volumectl, pair: &mut Pair) -> Result<Round> {
+/// Grows both disks by [`GROWTH`] and times each grow. Round `index`
+/// (from 0) grows the agent's disk first when it is even.
+fn measure_round(
+    guest: &mut Guest,
+    volumectl: &Volumectl,
+    pair: &mut Pair,
+    index: usize,
+) -> Result<Round> {
     let new_size = pair.size + GROWTH;
     let agent_before = volumectl.stats(&pair.mount_point)?.bytes_total;
     let direct_before = df_bytes(guest, &pair.direct_mount)?;
 
     guest.qmp.block_resize(&pair.agent.node, new_size)?;
     guest.qmp.block_resize(&pair.direct.node, new_size)?;
-    // Neither grow may start before the guest sees the new size, or the
+    // Neither grow may start before the guest reports the new size, or the
     // agent's `resize 0` would find nothing to grow.
     wait_guest_size(guest, &pair.agent_device, new_size)?;
     wait_guest_size(guest, &pair.direct_device, new_size)?;
     pair.size = new_size;
 
-    let logged_before = resized_log_entries(&guest.serial_log(), &pair.mount_point).len();
+    // Alternating which grow goes first keeps an order effect (a warm
+    // page cache, the other disk's writeback) out of the comparison.
+    let direct_first = index % 2 == 1;
+    let mut direct = None;
+    if direct_first {
+        direct = Some(time_direct_grow(guest, pair)?);
+    }
+    let logged_before = GrowLog::read(&guest.serial_log(), &pair.mount_point)
+        .resized
+        .len();
     let started = Instant::now();
     volumectl.run(&["resize", &pair.mount_point, "0"])?;
     let agent_wall = started.elapsed().as_secs_f64() * 1000.0;
-    let agent_logged = wait_logged_elapsed(&guest.serial_log(), &pair.mount_point, logged_before);
-
-    let direct = time_direct_grow(guest, pair)?;
+    let logged = wait_logged_grow(&guest.serial_log(), &pair.mount_point, logged_before);
+    let direct = match direct {
+        Some(direct) => direct,
+        None => time_direct_grow(guest, pair)?,
+    };
 
     let agent_after = volumectl.stats(&pair.mount_point)?.bytes_total;
     let direct_after = df_bytes(guest, &pair.direct_mount)?;
@@ -260,7 +295,8 @@ fn measure_round(guest: &mut Guest, volumectl: &Volumectl, pair: &mut Pair) -> R
     }
     Ok(Round {
         agent_wall,
-        agent_logged,
+        agent_logged: logged.map(|(elapsed, _)| elapsed),
+        agent_before_tool: logged.and_then(|(_, before_tool)| before_tool),
         direct,
     })
 }
@@ -283,7 +319,7 @@ fn time_direct_grow(guest: &mut Guest, pair: &Pair) -> Result<f64> {
         .filter_map(|word| word.parse().ok())
         .collect();
     let [t0, t1] = stamps[..] else {
-        bail!("expected two `now at N nsecs` stamps around {tool}, got {output:?}");
+        bail!("found no two `now at N nsecs` stamps around {tool} in output {output:?}");
     };
     Ok(t1.saturating_sub(t0) as f64 / 1e6)
 }
@@ -307,7 +343,7 @@ fn wait_block_device_on_port(guest: &mut Guest, root_port: u8) -> Result<String>
     loop {
         match block_device_on_port(guest, root_port) {
             Ok(name) => {
-                // The uevent makes the /dev node; wait for it too.
+                // The /sys/block entry exists before devtmpfs creates the node.
                 if guest.shell.run(&format!("test -b /dev/{name}"))?.status == 0 {
                     return Ok(name);
                 }
@@ -337,7 +373,7 @@ fn wait_guest_size(guest: &mut Guest, device: &str, bytes: u64) -> Result<()> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "{device} shows {} bytes, not {bytes}, after {SIZE_TIMEOUT:?}",
+                "{device} has {} bytes, expected {bytes}, {SIZE_TIMEOUT:?} after block_resize",
                 sectors * 512
             );
         }
@@ -357,26 +393,79 @@ fn df_bytes(guest: &mut Guest, mount_point: &str) -> Result<u64> {
     Ok(kib * 1024)
 }
 
-/// Returns `elapsed_ms` of every "volume resized" JSON line for
-/// `mount_point` in the serial log, oldest first.
-fn resized_log_entries(serial_log: &Path, mount_point: &str) -> Vec<u64> {
-    let text = std::fs::read_to_string(serial_log).unwrap_or_default();
-    text.lines()
-        .filter(|line| line.contains("volume resized"))
-        // Kernel messages may precede the JSON object on the same line.
-        .filter_map(|line| serde_json::from_str::<Value>(&line[line.find('{')?..]).ok())
-        .filter(|entry| entry["mount_point"] == mount_point)
-        .filter_map(|entry| entry["elapsed_ms"].as_u64())
-        .collect()
+/// The agent's log lines about growing one mount point.
+#[derive(Debug, Default)]
+struct GrowLog {
+    /// `ts` of each "growing filesystem" line, in seconds since midnight.
+    growing: Vec<f64>,
+    /// `ts` and `elapsed_ms` of each "volume resized" line.
+    resized: Vec<(f64, u64)>,
 }
 
-/// Waits for a "volume resized" line beyond the first `seen` ones and
-/// returns its `elapsed_ms`, or `None` if none arrives in [`LOG_TIMEOUT`].
-fn wait_logged_elapsed(serial_log: &Path, mount_point: &str, seen: usize) -> Option<f64> {
+impl GrowLog {
+    /// Reads the JSON log lines for `mount_point` from the serial log.
+    fn read(serial_log: &Path, mount_point: &str) -> GrowLog {
+        let text = std::fs::read_to_string(serial_log).unwrap_or_default();
+        let mut log = GrowLog::default();
+        // Kernel messages may precede the JSON object on the same line.
+        let entries = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(&line[line.find('{')?..]).ok())
+            .filter(|entry| entry["mount_point"] == mount_point);
+        for entry in entries {
+            let Some(ts) = entry["ts"].as_str().and_then(seconds_of_day) else {
+                continue;
+            };
+            match entry["msg"].as_str() {
+                Some("growing filesystem") => log.growing.push(ts),
+                Some("volume resized") => {
+                    if let Some(elapsed_ms) = entry["elapsed_ms"].as_u64() {
+                        log.resized.push((ts, elapsed_ms));
+                    }
+                }
+                _ => {}
+            }
+        }
+        log
+    }
+
+    /// Returns the agent's total time and its time before starting the
+    /// tool, in ms, for grow number `index` (from 0).
+    fn grow(&self, index: usize) -> Option<(f64, Option<f64>)> {
+        let &(resized_ts, elapsed_ms) = self.resized.get(index)?;
+        let started = resized_ts - elapsed_ms as f64 / 1000.0;
+        let before_tool = self
+            .growing
+            .get(index)
+            .map(|growing_ts| (growing_ts - started) * 1000.0);
+        Some((elapsed_ms as f64, before_tool))
+    }
+}
+
+/// Converts the time of an RFC 3339 timestamp (`2026-12-04T17:23:01.123+00:00`)
+/// to seconds since midnight.
+// NOTE: a grow that spans midnight gets a wrong time before the tool.
+fn seconds_of_day(timestamp: &str) -> Option<f64> {
+    let (_, time) = timestamp.split_once('T')?;
+    let end = time.find(['Z', '+', '-']).unwrap_or(time.len());
+    let mut fields = time[..end].split(':');
+    let hours: f64 = fields.next()?.parse().ok()?;
+    let minutes: f64 = fields.next()?.parse().ok()?;
+    let seconds: f64 = fields.next()?.parse().ok()?;
+    Some(hours * 3600.0 + minutes * 60.0 + seconds)
+}
+
+/// Waits for grow number `index` of `mount_point` to be logged and returns
+/// its times as [`GrowLog::grow`] does, or `None` after [`LOG_TIMEOUT`].
+fn wait_logged_grow(
+    serial_log: &Path,
+    mount_point: &str,
+    index: usize,
+) -> Option<(f64, Option<f64>)> {
     let deadline = Instant::now() + LOG_TIMEOUT;
     loop {
-        if let Some(&ms) = resized_log_entries(serial_log, mount_point).get(seen) {
-            return Some(ms as f64);
+        if let Some(times) = GrowLog::read(serial_log, mount_point).grow(index) {
+            return Some(times);
         }
         if Instant::now() >= deadline {
             return None;
@@ -406,83 +495,105 @@ fn render(
     results: &[(Fstype, Vec<Round>)],
 ) -> String {
     let mut text = String::new();
-    let _ = writeln!(text, "## ResizeVolume overhead in a QEMU guest\n");
-    let _ = writeln!(
-        text,
-        "Measured by `cargo bench --bench guest_resize -- --write PATH` ({rounds} rounds per \
-         filesystem, each growing two identical virtio-blk disks by {} MiB).",
-        GROWTH / MIB
-    );
-    let _ = writeln!(
-        text,
-        "*agent wall* is the host wall time of `volumectl resize MOUNT_POINT 0` over hybrid \
-         vsock, volumectl's process start included. *agent logged* is the `elapsed_ms` of the \
-         agent's \"volume resized\" log line. *direct* is `resize2fs DEVICE` or `xfs_growfs \
-         MOUNT_POINT` run in the guest shell on the second disk, mounted by hand, timed with the \
-         guest's CLOCK_MONOTONIC. All columns are p50 in ms; ratio and overhead compare agent \
-         wall with direct.\n"
-    );
-    let _ = writeln!(
-        text,
-        "- date: {}",
-        command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"])
-    );
-    let _ = writeln!(
-        text,
-        "- host: {}, {} CPUs, kernel {}",
-        cpu_model(),
-        cpu_count(),
-        command_line("uname", &["-r"])
-    );
+    let rounds_text = if rounds == 1 {
+        "1 round".to_string()
+    } else {
+        format!("{rounds} rounds")
+    };
     let guest_kernel =
         std::fs::read_to_string(image_dir.join("kernel-version")).unwrap_or_default();
+    let volumectl_build = if cfg!(debug_assertions) {
+        "debug (`cargo bench --profile dev`)"
+    } else {
+        "optimized (`cargo bench`)"
+    };
     let _ = writeln!(
         text,
-        "- guest: kernel {}, QEMU q35 under {}, 2 vCPUs, 1 GiB; agent binary from the guest image \
-         (debug build unless the image was built with `--release`)\n",
-        guest_kernel.trim(),
-        guest.accel
+        "## ResizeVolume overhead in a QEMU guest
+
+`benches/guest_resize.rs` boots one guest and, for ext4 and then xfs, plugs
+two identical virtio-blk disks: the agent mounts one, the guest shell mounts
+the other by hand. It runs {rounds_text}: each grows both disks by {growth} MiB
+with QMP `block_resize`, waits until the guest sees the new size of both,
+grows each filesystem (the agent's first in odd rounds, the hand-mounted
+one first in even rounds) and checks that both grew.
+
+- *agent wall*: host wall time of `volumectl resize MOUNT_POINT 0` over
+  hybrid vsock, volumectl's process start included.
+- *agent logged*: `elapsed_ms` of the agent's \"volume resized\" log line.
+- *agent before tool*: agent time from the request to its \"growing
+  filesystem\" log line (mount, device and error checks, geometry read,
+  size wait).
+- *direct*: `resize2fs DEVICE` (ext4) or `xfs_growfs MOUNT_POINT` (xfs) in
+  the guest shell, timed with the guest's CLOCK_MONOTONIC.
+- *agent/direct* and *overhead*: agent wall against direct; *overhead in
+  guest*: agent logged minus direct.
+
+All times are p50 in ms.
+
+- date: {date}
+- host: {cpu}, {cpus} CPUs, kernel {host_kernel}, load average {load}
+  (1, 5, 15 min) at the end
+- guest: kernel {guest_kernel}, QEMU q35 under {accel}, 2 vCPUs, 1 GiB
+- builds: volumectl {volumectl_build}; agent as built into the guest image
+  (debug unless the image was built with `--release`)
+",
+        growth = GROWTH / MIB,
+        date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
+        cpu = cpu_model(),
+        cpus = cpu_count(),
+        host_kernel = command_line("uname", &["-r"]),
+        load = load_average(),
+        guest_kernel = guest_kernel.trim(),
+        accel = guest.accel,
     );
     let _ = writeln!(
         text,
-        "| filesystem | rounds | agent wall | agent logged | direct | agent/direct | overhead |"
+        "| filesystem | rounds | agent wall | agent logged | agent before tool | direct \
+         | agent/direct | overhead | overhead in guest |"
     );
-    let _ = writeln!(text, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|");
     for (fstype, measured) in results {
-        let wall = median(measured.iter().map(|round| round.agent_wall).collect());
-        let logged = median(
-            measured
-                .iter()
-                .filter_map(|round| round.agent_logged)
-                .collect(),
-        );
-        let direct = median(measured.iter().map(|round| round.direct).collect());
-        let format = |value: Option<f64>| value.map_or("n/a".to_string(), |ms| format!("{ms:.0}"));
-        let (ratio, overhead) = match (wall, direct) {
-            (Some(wall), Some(direct)) if direct > 0.0 => (
-                format!("{:.1}x", wall / direct),
-                format!("{:+.0} ms", wall - direct),
-            ),
-            _ => ("n/a".to_string(), "n/a".to_string()),
+        let p50 = |column: fn(&Round) -> Option<f64>| {
+            median(measured.iter().filter_map(column).collect())
+        };
+        let wall = p50(|round| Some(round.agent_wall));
+        let logged = p50(|round| round.agent_logged);
+        let before_tool = p50(|round| round.agent_before_tool);
+        let direct = p50(|round| Some(round.direct));
+        let ratio = match (wall, direct) {
+            (Some(wall), Some(direct)) if direct > 0.0 => format!("{:.1}x", wall / direct),
+            _ => "n/a".to_string(),
+        };
+        let difference = |agent: Option<f64>| match (agent, direct) {
+            (Some(agent), Some(direct)) => format!("{:+.0}", agent - direct),
+            _ => "n/a".to_string(),
         };
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {ratio} | {overhead} |",
+            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
             fstype.name(),
             measured.len(),
-            format(wall),
-            format(logged),
-            format(direct)
+            format_ms(wall),
+            format_ms(logged),
+            format_ms(before_tool),
+            format_ms(direct),
+            difference(wall),
+            difference(logged)
         );
     }
     if guest.accel == "tcg" {
         let _ = writeln!(
             text,
-            "\nQEMU ran under TCG (software emulation), so every absolute time is several times \
-             what KVM would give; compare the ratio and the overhead, not the absolute times."
+            "\nQEMU ran under TCG (software emulation), so the absolute times are far above what\n\
+             KVM would give. Compare the ratio and the overhead, not the absolute times."
         );
     }
     text
+}
+
+fn format_ms(value: Option<f64>) -> String {
+    value.map_or("n/a".to_string(), |ms| format!("{ms:.0}"))
 }
 
 fn command_line(program: &str, args: &[&str]) -> String {
@@ -501,6 +612,19 @@ fn cpu_model() -> String {
                 .map(|(_, model)| model.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".to_string())
+}
+
+/// Returns the 1, 5 and 15 minute load averages from /proc/loadavg.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_else(|| "unknown".to_string())
 }
 
 fn cpu_count() -> usize {
