@@ -146,6 +146,8 @@ fn parse_options(args: impl Iterator<Item = String>) -> Result<Options> {
 
 fn run(guest: &mut Guest, options: &Options, image_dir: &Path) -> Result<()> {
     let volumectl = Volumectl::new(&guest.agent_address());
+    let clock_overhead = measure_clock_overhead(guest).context("timing an empty guest command")?;
+    println!("guest clock reads around an empty command: {clock_overhead:.1} ms");
     let mut results = Vec::new();
     for (fstype, size, root_ports) in [
         (Fstype::Ext4, 256 * MIB, (0, 1)),
@@ -172,7 +174,7 @@ fn run(guest: &mut Guest, options: &Options, image_dir: &Path) -> Result<()> {
         results.push((fstype, rounds));
     }
 
-    let section = render(guest, options.rounds, image_dir, &results);
+    let section = render(guest, options.rounds, clock_overhead, image_dir, &results);
     println!("\n{section}");
     if let Some(path) = &options.write {
         if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
@@ -302,24 +304,42 @@ fn measure_round(
 }
 
 /// Runs the grow tool on the hand-mounted disk and returns its run time in
-/// ms, read from the guest's CLOCK_MONOTONIC (`now at` in
-/// /proc/timer_list, because busybox date has no `%N`).
+/// ms.
 fn time_direct_grow(guest: &mut Guest, pair: &Pair) -> Result<f64> {
     let tool = match pair.fstype {
         Fstype::Ext4 => format!("resize2fs /dev/{}", pair.direct_device),
         Fstype::Xfs => format!("xfs_growfs {}", pair.direct_mount),
     };
+    time_guest_command(guest, &tool)
+}
+
+/// Returns the p50 in ms of timing `true` five times with
+/// [`time_guest_command`]: the cost of the clock reads themselves, which
+/// every direct time includes.
+fn measure_clock_overhead(guest: &mut Guest) -> Result<f64> {
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        samples.push(time_guest_command(guest, "true")?);
+    }
+    Ok(median(samples).unwrap_or_default())
+}
+
+/// Runs `command` in the guest shell and returns its run time in ms, read
+/// from the guest's CLOCK_MONOTONIC (`now at` in /proc/timer_list, because
+/// busybox date has no `%N`). Fails with the command's output unless it
+/// exits 0.
+fn time_guest_command(guest: &mut Guest, command: &str) -> Result<f64> {
     let clock = "grep -m1 'now at' /proc/timer_list";
     let output = guest.shell.run_ok(&format!(
-        "t0=$({clock}); {tool} >/tmp/direct-grow.log 2>&1; s=$?; t1=$({clock}); \
-         echo \"$t0 $t1\"; [ $s -eq 0 ] || {{ cat /tmp/direct-grow.log; exit $s; }}"
+        "t0=$({clock}); {command} >/tmp/timed.log 2>&1; s=$?; t1=$({clock}); \
+         echo \"$t0 $t1\"; [ $s -eq 0 ] || {{ cat /tmp/timed.log; exit $s; }}"
     ))?;
     let stamps: Vec<u64> = output
         .split_whitespace()
         .filter_map(|word| word.parse().ok())
         .collect();
     let [t0, t1] = stamps[..] else {
-        bail!("found no two `now at N nsecs` stamps around {tool} in output {output:?}");
+        bail!("found no two `now at N nsecs` stamps around {command} in output {output:?}");
     };
     Ok(t1.saturating_sub(t0) as f64 / 1e6)
 }
@@ -491,6 +511,7 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
 fn render(
     guest: &Guest,
     rounds: usize,
+    clock_overhead: f64,
     image_dir: &Path,
     results: &[(Fstype, Vec<Round>)],
 ) -> String {
@@ -525,7 +546,9 @@ one first in even rounds) and checks that both grew.
   filesystem\" log line (mount, device and error checks, geometry read,
   size wait).
 - *direct*: `resize2fs DEVICE` (ext4) or `xfs_growfs MOUNT_POINT` (xfs) in
-  the guest shell, timed with the guest's CLOCK_MONOTONIC.
+  the guest shell, timed with the guest's CLOCK_MONOTONIC. The two clock
+  reads add {clock_overhead:.1} ms (p50 of timing `true`), which this column
+  includes.
 - *agent/direct* and *overhead*: agent wall against direct; *overhead in
   guest*: agent logged minus direct.
 
