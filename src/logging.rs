@@ -7,16 +7,22 @@
 
 use slog::{o, Drain, Logger};
 
+/// Records the async drain queues before it drops and counts the rest.
+/// The channel is allocated in full at start, about 100 bytes a slot.
+const LOG_CHANNEL_RECORDS: usize = 1024;
+
 /// Creates the root logger writing one JSON object per line to stderr.
 /// The returned guard flushes pending records when dropped.
 pub fn create_logger(level: slog::Level) -> (Logger, slog_async::AsyncGuard) {
-    let json = slog_json::Json::new(std::io::stderr())
+    // Unbuffered stderr would take one write(2) per JSON fragment, dozens
+    // per record; the line buffer sends each record in one write.
+    let json = slog_json::Json::new(std::io::LineWriter::new(std::io::stderr()))
         .add_default_keys()
         .set_flush(true)
         .build()
         .fuse();
     let (drain, guard) = slog_async::Async::new(json)
-        .chan_size(4096)
+        .chan_size(LOG_CHANNEL_RECORDS)
         .overflow_strategy(slog_async::OverflowStrategy::DropAndReport)
         .build_with_guard();
     let drain = slog::LevelFilter::new(drain.fuse(), level).fuse();

@@ -48,6 +48,8 @@ pub struct VolumeService {
     registry: Arc<DeviceRegistry>,
     sysfs_root: PathBuf,
     prober: Prober,
+    /// Mount table for the condition checks of GetVolumeStats.
+    mount_table: mountinfo::MountTable,
     /// Condition message last reported per mount point, to log changes only.
     last_conditions: Mutex<HashMap<PathBuf, String>>,
 }
@@ -64,6 +66,7 @@ impl VolumeService {
             registry,
             sysfs_root: PathBuf::from("/sys"),
             prober: Prober::new(DEFAULT_PROBE_TIMEOUT),
+            mount_table: mountinfo::MountTable::new(),
             last_conditions: Mutex::new(HashMap::new()),
         }
     }

@@ -126,6 +126,82 @@ pub fn find_mount<'a>(entries: &'a [MountInfoEntry], path: &Path) -> Option<&'a 
     found
 }
 
+/// A cached copy of the calling process's mount table that is read again
+/// only after the kernel reports a change.
+///
+/// The kernel marks `/proc/self/mountinfo` with POLLPRI | POLLERR whenever a
+/// mount or unmount changes the mount namespace, and clears the mark in the
+/// poll call that reports it. So a zero-timeout poll before each use tells
+/// whether the cached entries are still current, and GetVolumeStats does not
+/// parse the whole table on every call.
+pub struct MountTable {
+    cached: std::sync::Mutex<Option<CachedTable>>,
+}
+
+struct CachedTable {
+    file: std::fs::File,
+    entries: std::sync::Arc<Vec<MountInfoEntry>>,
+}
+
+impl MountTable {
+    pub fn new() -> MountTable {
+        MountTable {
+            cached: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Returns the current mount table, reading it again only when it
+    /// changed since the last call.
+    pub fn entries(&self) -> std::io::Result<std::sync::Arc<Vec<MountInfoEntry>>> {
+        use std::io::{Read, Seek};
+        use std::os::fd::AsFd;
+
+        let mut cached = self
+            .cached
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(table) = cached.as_mut() {
+            let mut fds = [nix::poll::PollFd::new(
+                table.file.as_fd(),
+                nix::poll::PollFlags::POLLPRI,
+            )];
+            let changed = match nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO) {
+                Ok(_) => fds[0].revents().is_none_or(|events| {
+                    events.intersects(nix::poll::PollFlags::POLLPRI | nix::poll::PollFlags::POLLERR)
+                }),
+                // Without a working poll there is no way to know: read again.
+                Err(_) => true,
+            };
+            if !changed {
+                return Ok(table.entries.clone());
+            }
+            let mut text = String::new();
+            table.file.rewind()?;
+            table.file.read_to_string(&mut text)?;
+            table.entries = std::sync::Arc::new(parse(&text));
+            return Ok(table.entries.clone());
+        }
+
+        // Opened before the first read, so a change between the two shows
+        // up as a poll event on the next call rather than being missed.
+        let mut file = std::fs::File::open("/proc/self/mountinfo")?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let entries = std::sync::Arc::new(parse(&text));
+        *cached = Some(CachedTable {
+            file,
+            entries: entries.clone(),
+        });
+        Ok(entries)
+    }
+}
+
+impl Default for MountTable {
+    fn default() -> MountTable {
+        MountTable::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,5 +263,41 @@ garbage line
             Path::new("/"),
             "prefix match is by component"
         );
+    }
+
+    #[test]
+    fn mount_table_follows_mounts() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().to_path_buf();
+        let table = MountTable::new();
+        let mounted = |table: &MountTable| {
+            let entries = table.entries().unwrap();
+            entries.iter().any(|entry| entry.mount_point == target)
+        };
+        assert!(
+            !mounted(&table),
+            "{} listed before the mount",
+            target.display()
+        );
+
+        nix::mount::mount(
+            Some("tmpfs"),
+            &target,
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap();
+        let unmount = scopeguard::guard(target.clone(), |target| {
+            let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
+        });
+        assert!(mounted(&table), "cached table missed the new mount");
+
+        nix::mount::umount2(&*unmount, nix::mount::MntFlags::empty()).unwrap();
+        assert!(!mounted(&table), "cached table kept the unmounted entry");
     }
 }

@@ -85,13 +85,33 @@ impl VolumeService {
             .await;
         let observation = require_path(path, probed)?;
 
-        let entries = mountinfo::read().map_err(|error| VolumeError::ReadMountinfo { error })?;
-        let mount = mount_entry_at(&entries, &volume.mount_point);
         let (devno, sysfs_dir) = self.device_dir(volume);
         let device_present = sysfs_dir.exists();
         let sysfs_problem = blockdev::kernel_name(&sysfs_dir)
             .filter(|_| device_present)
             .and_then(|name| condition::fs_sysfs_problem(&self.sysfs_root, &volume.fstype, &name));
+
+        // The cached mount table is current for mounts and remounts, but a
+        // filesystem that turns itself read-only after an error changes its
+        // superblock options without a mount table event. On ext4 that error
+        // also raises errors_count, and a shut-down xfs fails the probe, so
+        // then the table is read anew.
+        // NOTE: other filesystem types that go read-only on their own without
+        // such a sign are seen only after the next mount table event.
+        let healthy_probe = matches!(
+            &observation,
+            Ok(FsObservation {
+                statfs: Ok(_),
+                root_open: Ok(()),
+            })
+        );
+        let entries = if device_present && sysfs_problem.is_none() && healthy_probe {
+            self.mount_table.entries()
+        } else {
+            mountinfo::read().map(std::sync::Arc::new)
+        }
+        .map_err(|error| VolumeError::ReadMountinfo { error })?;
+        let mount = mount_entry_at(&entries, &volume.mount_point);
         let facts = FsFacts {
             mount_point: &volume.mount_point,
             devno: &devno,
