@@ -4,19 +4,21 @@
 //! For ext4 and xfs it plugs two identical virtio-blk disks: the agent
 //! mounts the first (`volumectl attach`) and the guest shell mounts the
 //! second by hand. Each round grows both disks by 64 MiB with QMP
-//! `block_resize`, waits until the guest reports the new size of both, then
-//! times `volumectl resize MOUNT_POINT 0` on the host (wall time, hybrid
-//! vsock, process start included) and `resize2fs DEVICE` or
-//! `xfs_growfs MOUNT_POINT` in the guest shell (guest CLOCK_MONOTONIC). The
-//! agent's own `elapsed_ms` comes from its "volume resized" log line on the
-//! serial console. Every round checks that both filesystems grew.
+//! `block_resize` and waits until the guest reports the new size of both.
+//! Then it times `volumectl resize MOUNT_POINT 0` on the host, as wall time
+//! over hybrid vsock with volumectl's process start included. It also times
+//! `resize2fs DEVICE` or `xfs_growfs MOUNT_POINT` in the guest shell, on the
+//! guest's CLOCK_MONOTONIC. The agent's own `elapsed_ms` comes from its
+//! "volume resized" log line on the serial console. Every round checks that
+//! both filesystems grew.
 //!
-//! Run: `cargo bench --bench guest_resize -- [--quick] [--write PATH]`.
-//! `--quick` runs one round per filesystem (for breakage checks), `--rounds N`
-//! sets the count (default 9), `--write PATH` writes the
-//! results as a markdown section. Needs root, QEMU, vhost-device-vsock and
-//! the guest image from `rootfs-hooks/build-test-guest.sh target/guest`;
-//! without them it prints why and exits 0.
+//! Run: `cargo bench --bench guest_resize -- [--quick] [--rounds N]
+//! [--write PATH]`. `--quick` runs one round per filesystem, for breakage
+//! checks. `--rounds N` sets the count (default 15). `--write PATH` writes the
+//! results as a markdown section. `--profile dev` before `--` reuses the
+//! debug build. The bench needs root, QEMU, vhost-device-vsock and the guest
+//! image from `rootfs-hooks/build-test-guest.sh target/guest`. Without them it
+//! prints why and exits 0, unless `CI=true`, where it panics.
 
 #[path = "../tests/harness/mod.rs"]
 mod harness;
@@ -37,7 +39,7 @@ use harness::{Fstype, Guest};
 const MIB: u64 = 1024 * 1024;
 /// Default rounds per filesystem. The count is odd, so the p50 is one
 /// measured round.
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 15;
 const GROWTH: u64 = 64 * MIB;
 /// Time the guest gets to see a `block_resize` (about 20 ms when idle).
 const SIZE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -73,7 +75,8 @@ struct Round {
     /// Agent time from the request to starting the tool, from the `ts` of
     /// its "growing filesystem" line.
     agent_before_tool: Option<f64>,
-    /// Guest time of the grow tool run by hand.
+    /// Guest time of the grow tool run by hand. `run` subtracts the cost of
+    /// the clock reads around it.
     direct: f64,
 }
 
@@ -157,8 +160,9 @@ fn run(guest: &mut Guest, options: &Options, image_dir: &Path) -> Result<()> {
             .with_context(|| format!("setting up the {} disks", fstype.name()))?;
         let mut rounds = Vec::new();
         for index in 0..options.rounds {
-            let round = measure_round(guest, &volumectl, &mut pair, index)
+            let mut round = measure_round(guest, &volumectl, &mut pair, index)
                 .with_context(|| format!("{} round {}", fstype.name(), index + 1))?;
+            round.direct = (round.direct - clock_overhead).max(0.0);
             println!(
                 "{} round {}: agent {:.0} ms wall, {} ms logged, {} ms before the tool; \
                  direct {:.0} ms",
@@ -315,7 +319,7 @@ fn time_direct_grow(guest: &mut Guest, pair: &Pair) -> Result<f64> {
 
 /// Returns the p50 in ms of timing `true` five times with
 /// [`time_guest_command`]: the cost of the clock reads themselves, which
-/// every direct time includes.
+/// `run` subtracts from every direct time.
 fn measure_clock_overhead(guest: &mut Guest) -> Result<f64> {
     let mut samples = Vec::new();
     for _ in 0..5 {
@@ -494,17 +498,21 @@ fn wait_logged_grow(
     }
 }
 
-fn median(mut values: Vec<f64>) -> Option<f64> {
+fn median(values: Vec<f64>) -> Option<f64> {
+    percentile(values, 0.5)
+}
+
+/// Returns the `fraction` quantile of `values`, interpolating linearly
+/// between the two nearest samples.
+fn percentile(mut values: Vec<f64>, fraction: f64) -> Option<f64> {
     if values.is_empty() {
         return None;
     }
     values.sort_by(f64::total_cmp);
-    let middle = values.len() / 2;
-    Some(if values.len() % 2 == 1 {
-        values[middle]
-    } else {
-        (values[middle - 1] + values[middle]) / 2.0
-    })
+    let position = fraction * (values.len() - 1) as f64;
+    let lower = values[position.floor() as usize];
+    let upper = values[position.ceil() as usize];
+    Some(lower + (upper - lower) * position.fract())
 }
 
 /// Renders the results as a markdown section with the machine it ran on.
@@ -524,7 +532,7 @@ fn render(
     let guest_kernel =
         std::fs::read_to_string(image_dir.join("kernel-version")).unwrap_or_default();
     let volumectl_build = if cfg!(debug_assertions) {
-        "debug (`cargo bench --profile dev`)"
+        "debug (`--profile dev`)"
     } else {
         "optimized (`cargo bench`)"
     };
@@ -535,7 +543,7 @@ fn render(
 `benches/guest_resize.rs` boots one guest and, for ext4 and then xfs, plugs
 two identical virtio-blk disks: the agent mounts one, the guest shell mounts
 the other by hand. It runs {rounds_text}: each grows both disks by {growth} MiB
-with QMP `block_resize`, waits until the guest sees the new size of both,
+with QMP `block_resize`, waits until the guest reports the new size of both,
 grows each filesystem (the agent's first in odd rounds, the hand-mounted
 one first in even rounds) and checks that both grew.
 
@@ -546,20 +554,21 @@ one first in even rounds) and checks that both grew.
   filesystem\" log line (mount, device and error checks, geometry read,
   size wait).
 - *direct*: `resize2fs DEVICE` (ext4) or `xfs_growfs MOUNT_POINT` (xfs) in
-  the guest shell, timed with the guest's CLOCK_MONOTONIC. The two clock
-  reads add {clock_overhead:.1} ms (p50 of timing `true`), which this column
-  includes.
-- *agent/direct* and *overhead*: agent wall against direct; *overhead in
-  guest*: agent logged minus direct.
+  the guest shell, timed with the guest's CLOCK_MONOTONIC, less the
+  {clock_overhead:.1} ms that the two clock reads add (p50 of timing the
+  shell builtin `true`).
+- *agent/direct* and *overhead*: agent wall against direct, taken per
+  round because both grows of a round share the host's load at that time;
+  *overhead in guest*: agent logged minus direct, per round.
 
-All times are p50 in ms.
+All times are in ms, p50 over the rounds unless a range is given.
 
 - date: {date}
 - host: {cpu}, {cpus} CPUs, kernel {host_kernel}, load average {load}
   (1, 5, 15 min) at the end
 - guest: kernel {guest_kernel}, QEMU q35 under {accel}, 2 vCPUs, 1 GiB
-- builds: volumectl {volumectl_build}; agent as built into the guest image
-  (debug unless the image was built with `--release`)
+- builds: volumectl {volumectl_build}; the agent as built into the
+  guest image (debug unless the image was built with `--release`)
 ",
         growth = GROWTH / MIB,
         date = command_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
@@ -573,43 +582,51 @@ All times are p50 in ms.
     let _ = writeln!(
         text,
         "| filesystem | rounds | agent wall | agent logged | agent before tool | direct \
-         | agent/direct | overhead | overhead in guest |"
+         | agent/direct | overhead (p25..p75) | overhead in guest |"
     );
     let _ = writeln!(text, "|---|---|---|---|---|---|---|---|---|");
     for (fstype, measured) in results {
-        let p50 = |column: fn(&Round) -> Option<f64>| {
-            median(measured.iter().filter_map(column).collect())
+        let column = |value: fn(&Round) -> Option<f64>| -> Vec<f64> {
+            measured.iter().filter_map(value).collect()
         };
-        let wall = p50(|round| Some(round.agent_wall));
-        let logged = p50(|round| round.agent_logged);
-        let before_tool = p50(|round| round.agent_before_tool);
-        let direct = p50(|round| Some(round.direct));
-        let ratio = match (wall, direct) {
-            (Some(wall), Some(direct)) if direct > 0.0 => format!("{:.1}x", wall / direct),
+        let wall = median(column(|round| Some(round.agent_wall)));
+        let logged = median(column(|round| round.agent_logged));
+        let before_tool = median(column(|round| round.agent_before_tool));
+        let direct = median(column(|round| Some(round.direct)));
+        let ratio = median(column(|round| {
+            (round.direct > 0.0).then(|| round.agent_wall / round.direct)
+        }));
+        let overheads = column(|round| Some(round.agent_wall - round.direct));
+        let overhead = match (
+            median(overheads.clone()),
+            percentile(overheads.clone(), 0.25),
+            percentile(overheads, 0.75),
+        ) {
+            (Some(p50), Some(p25), Some(p75)) => format!("{p50:+.0} ({p25:+.0}..{p75:+.0})"),
             _ => "n/a".to_string(),
         };
-        let difference = |agent: Option<f64>| match (agent, direct) {
-            (Some(agent), Some(direct)) => format!("{:+.0}", agent - direct),
-            _ => "n/a".to_string(),
-        };
+        let guest_overhead = median(column(|round| {
+            round.agent_logged.map(|logged| logged - round.direct)
+        }));
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {} | {} | {ratio} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {overhead} | {} |",
             fstype.name(),
             measured.len(),
             format_ms(wall),
             format_ms(logged),
             format_ms(before_tool),
             format_ms(direct),
-            difference(wall),
-            difference(logged)
+            ratio.map_or("n/a".to_string(), |ratio| format!("{ratio:.1}x")),
+            guest_overhead.map_or("n/a".to_string(), |ms| format!("{ms:+.0}")),
         );
     }
     if guest.accel == "tcg" {
         let _ = writeln!(
             text,
-            "\nQEMU ran under TCG (software emulation), so the absolute times are far above what\n\
-             KVM would give. Compare the ratio and the overhead, not the absolute times."
+            "\nQEMU ran under TCG (software emulation), so the absolute times are far\n\
+             above what KVM would give. Compare the ratio and the overhead, not the\n\
+             absolute times."
         );
     }
     text
