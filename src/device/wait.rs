@@ -367,9 +367,10 @@ fn waiter_key(address: &DeviceAddress) -> DeviceKey {
         DeviceAddress::Pci(path) => DeviceKey::Pci(path.clone()),
         DeviceAddress::Scsi(scsi_address) => DeviceKey::Scsi(*scsi_address),
         DeviceAddress::Pmem(name) => DeviceKey::Name(name.to_string()),
-        // NOTE: a udev symlink such as /dev/disk/by-id/... is found once it
-        // exists, but no uevent carries its name, so a request for one that
-        // does not exist yet waits until it times out.
+        // No uevent carries the name of a udev symlink such as
+        // /dev/disk/by-id/..., so a request for one that does not exist yet
+        // finds it at the next sysfs recheck, up to SYSFS_RECHECK_INTERVAL
+        // after it appears.
         DeviceAddress::DevPath(path) => {
             let relative = path.strip_prefix("/dev").unwrap_or(path);
             DeviceKey::Name(relative.to_string_lossy().into_owned())

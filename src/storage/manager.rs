@@ -16,7 +16,7 @@ use nix::mount::MsFlags;
 use protocols::agent::Storage;
 use protocols::oci::Spec;
 use slog::{info, warn};
-use tokio::sync::OwnedMutexGuard;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
 use super::mounter::{Mounter, SystemMounter};
 use super::mountinfo::{find_mount, read_mountinfo, MountEntry};
@@ -32,7 +32,7 @@ pub struct StorageManager {
     registry: Arc<DeviceRegistry>,
     pub(super) mounter: Arc<dyn Mounter>,
     state: Mutex<State>,
-    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>,
+    locks: Mutex<HashMap<PathBuf, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl StorageManager {
@@ -377,25 +377,37 @@ impl StorageManager {
 
     /// Serializes requests on one storage: `path` is a mount point, a bind
     /// target or a path inside either, and maps to its storage's lock.
-    pub async fn lock_storage(&self, path: &Path) -> OwnedMutexGuard<()> {
+    pub async fn lock_storage(&self, path: &Path) -> OwnedRwLockWriteGuard<()> {
+        self.storage_lock(path).write_owned().await
+    }
+
+    /// Takes the storage's lock shared, for requests that only read it
+    /// (GetVolumeStats): they run in parallel with each other and wait for
+    /// any request that changes the storage.
+    pub async fn lock_storage_shared(&self, path: &Path) -> OwnedRwLockReadGuard<()> {
+        self.storage_lock(path).read_owned().await
+    }
+
+    fn storage_lock(&self, path: &Path) -> Arc<tokio::sync::RwLock<()>> {
         let key = match self.lookup_path(path) {
             Some(volume) => volume.mount_point,
             None => path.to_path_buf(),
         };
-        self.lock_key(&key).await
+        self.lock_for(&key)
     }
 
-    pub(super) async fn lock_key(&self, mount_point: &Path) -> OwnedMutexGuard<()> {
+    pub(super) async fn lock_key(&self, mount_point: &Path) -> OwnedRwLockWriteGuard<()> {
+        self.lock_for(mount_point).write_owned().await
+    }
+
+    fn lock_for(&self, mount_point: &Path) -> Arc<tokio::sync::RwLock<()>> {
         // NOTE: locks are never removed from the map, so it keeps one small
         // entry per mount point used since the agent started.
-        let lock = {
-            let mut locks = self
-                .locks
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            locks.entry(mount_point.to_path_buf()).or_default().clone()
-        };
-        lock.lock_owned().await
+        let mut locks = self
+            .locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(mount_point.to_path_buf()).or_default().clone()
     }
 
     pub(super) fn lock_state(&self) -> MutexGuard<'_, State> {

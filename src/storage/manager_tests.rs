@@ -458,3 +458,42 @@ async fn storage_lock_serializes_one_storage_only() {
         .unwrap();
     assert!(fixture.manager.lookup_path(&locked).is_some());
 }
+
+#[tokio::test]
+async fn destroy_sandbox_unmounts_every_storage() {
+    let Some(device) = any_block_device() else {
+        eprintln!("skipping: no block device node in /dev");
+        return;
+    };
+    let fixture = Fixture::new();
+    // More storages than are unmounted at once, so several batches run.
+    let mount_points: Vec<PathBuf> = (0..40)
+        .map(|index| fixture.root().join(format!("raw{index}")))
+        .collect();
+    let storages: Vec<Storage> = mount_points
+        .iter()
+        .map(|mount_point| raw_storage(&device, mount_point))
+        .collect();
+    fixture
+        .manager
+        .add_storages(&super::Owner::Sandbox, &storages, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(fixture.saved_storages(), 40);
+
+    fixture.manager.destroy_sandbox().await.unwrap();
+    let mut unmounted = umount_targets(&fixture.mounter.calls());
+    unmounted.sort();
+    let mut expected = mount_points.clone();
+    expected.sort();
+    assert_eq!(unmounted, expected, "each storage unmounted exactly once");
+    for mount_point in &mount_points {
+        assert!(fixture.manager.lookup_path(mount_point).is_none());
+        assert!(
+            !mount_point.exists(),
+            "{} left behind",
+            mount_point.display()
+        );
+    }
+    assert_eq!(fixture.saved_storages(), 0);
+}

@@ -15,10 +15,12 @@ pub struct MountEntry {
     pub source: String,
 }
 
-/// Reads and parses the mount table of this process.
+/// Reads and parses the mount table of this process. The kernel writes
+/// path bytes that are not UTF-8 as they are, so they are decoded lossily:
+/// such a mount matches no path, and the other entries still parse.
 pub fn read_mountinfo() -> std::io::Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(parse_mountinfo(&text))
+    let bytes = std::fs::read("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&String::from_utf8_lossy(&bytes)))
 }
 
 /// Parses mountinfo text; malformed lines are skipped.

@@ -138,13 +138,41 @@ pub fn assess_block_device(
     if !device_present {
         problems.push(format!("device {devno} is gone from sysfs"));
     }
-    if let Err(reason) = size {
-        problems.push(format!(
+    match size {
+        Err(reason) => problems.push(format!(
             "reading the size of {} failed: {reason}",
             dev_path.display()
-        ));
+        )),
+        // A detached loop device or a drive without its medium.
+        Ok(0) => problems.push(format!(
+            "device {} ({devno}) has 0 bytes; its backing storage is gone",
+            dev_path.display()
+        )),
+        Ok(_) => {}
     }
     Condition { problems }
+}
+
+/// Describes a device that now has fewer bytes than the filesystem on it
+/// counts in `statfs`, as when the host shrinks a disk under a mounted
+/// filesystem: reads past the end fail, yet statfs and the root still work.
+/// The statfs total leaves out overhead, so it never exceeds the size the
+/// filesystem was made with. btrfs is skipped, because its total spans all
+/// of its devices.
+pub fn shrunk_device_problem(
+    fstype: &str,
+    devno: &str,
+    device_bytes: u64,
+    counts: &FsCounts,
+) -> Option<String> {
+    let fs_bytes = counts.total_bytes();
+    (fstype != "btrfs" && device_bytes < fs_bytes).then(|| {
+        format!(
+            "device {devno} has {device_bytes} bytes, smaller than the filesystem's \
+             {fs_bytes} bytes; the disk was shrunk under the mounted filesystem, so give it \
+             back its size"
+        )
+    })
 }
 
 /// Checks what the filesystem driver exports about device `device_name` in
@@ -322,6 +350,16 @@ mod tests {
     }
 
     #[test]
+    fn shrunk_device_cases() {
+        let fs_bytes = COUNTS.total_bytes();
+        let problem = shrunk_device_problem("ext4", "7:3", fs_bytes - 512, &COUNTS).unwrap();
+        assert!(problem.contains("7:3"), "{problem}");
+        assert!(problem.contains(&fs_bytes.to_string()), "{problem}");
+        assert_eq!(shrunk_device_problem("xfs", "7:3", fs_bytes, &COUNTS), None);
+        assert_eq!(shrunk_device_problem("btrfs", "7:3", 0, &COUNTS), None);
+    }
+
+    #[test]
     fn block_device_conditions() {
         let path = Path::new("/dev/vdb");
         assert!(!assess_block_device(path, "254:16", true, Ok(&1)).is_abnormal());
@@ -330,5 +368,10 @@ mod tests {
         assert!(gone
             .message()
             .contains("reading the size of /dev/vdb failed: No such device"));
+        let empty = assess_block_device(path, "254:16", true, Ok(&0));
+        assert_eq!(
+            empty.message(),
+            "device /dev/vdb (254:16) has 0 bytes; its backing storage is gone"
+        );
     }
 }

@@ -8,6 +8,9 @@ pub enum VolumeError {
     #[error("volume path {path} not found; give an existing path in the guest")]
     NotFound { path: PathBuf },
 
+    #[error("volume path {path} is invalid: it {reason}")]
+    InvalidPath { path: PathBuf, reason: String },
+
     #[error("resolving volume path {path} failed")]
     ResolvePath {
         path: PathBuf,
@@ -53,6 +56,12 @@ pub enum VolumeError {
     #[error("device {devno} of volume {path} is gone from sysfs; the disk was removed")]
     DeviceGone { path: PathBuf, devno: String },
 
+    #[error(
+        "device {device} of volume {path} reports 0 bytes; its backing storage is gone, so \
+         reattach the disk"
+    )]
+    EmptyDevice { path: PathBuf, device: PathBuf },
+
     #[error("reading the size of device {device} failed")]
     DeviceSize {
         device: PathBuf,
@@ -89,6 +98,15 @@ pub enum VolumeError {
         current: u64,
     },
 
+    #[error(
+        "storage {mount_point} is mounted read-only ({options}); a read-only filesystem \
+         cannot grow, so mount the storage read-write to resize it"
+    )]
+    ReadOnly {
+        mount_point: PathBuf,
+        options: String,
+    },
+
     #[error("filesystem at {mount_point} has errors ({reason}); repair it before growing")]
     FilesystemErrors {
         mount_point: PathBuf,
@@ -106,6 +124,15 @@ pub enum VolumeError {
         fstype: String,
         path: PathBuf,
         reason: String,
+    },
+
+    #[error(
+        "the agent lacks {capability}, which {tool} needs to grow a mounted filesystem; \
+         start the agent with that capability"
+    )]
+    MissingCapability {
+        tool: &'static str,
+        capability: &'static str,
     },
 
     #[error("starting {tool} failed; install it in the guest image")]
@@ -147,7 +174,9 @@ impl VolumeError {
     pub fn code(&self) -> ttrpc::Code {
         match self {
             VolumeError::NotFound { .. } => ttrpc::Code::NOT_FOUND,
-            VolumeError::Shrink { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            VolumeError::InvalidPath { .. } | VolumeError::Shrink { .. } => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
             VolumeError::ProbeTimeout { .. }
             | VolumeError::DeviceTooSmall { .. }
             | VolumeError::ToolTimeout { .. } => ttrpc::Code::DEADLINE_EXCEEDED,
@@ -155,8 +184,11 @@ impl VolumeError {
             | VolumeError::NotMounted { .. }
             | VolumeError::DeviceMismatch { .. }
             | VolumeError::DeviceGone { .. }
+            | VolumeError::EmptyDevice { .. }
+            | VolumeError::ReadOnly { .. }
             | VolumeError::FilesystemErrors { .. }
-            | VolumeError::UnsupportedFstype { .. } => ttrpc::Code::FAILED_PRECONDITION,
+            | VolumeError::UnsupportedFstype { .. }
+            | VolumeError::MissingCapability { .. } => ttrpc::Code::FAILED_PRECONDITION,
             VolumeError::SpawnTool { error, .. }
                 if error.kind() == std::io::ErrorKind::NotFound =>
             {

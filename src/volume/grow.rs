@@ -10,16 +10,13 @@ use slog::{info, warn};
 use super::condition::{self, FsFacts, FsObservation};
 use super::geometry::{self, FsGeometry};
 use super::stats::device_mismatch;
+use super::tool::{find_tool, has_effective_capability, one_line, GrowTool};
 use super::usage::FsCounts;
 use super::{blockdev, mount_entry_at, mountinfo, VolumeError, VolumeService};
 use crate::storage::ManagedVolume;
 
 /// Interval between two reads of the device size while waiting for it.
 const SIZE_POLL_INTERVAL: Duration = Duration::from_millis(50);
-
-/// Directories searched for grow tools after `PATH`, because a guest init
-/// often starts the agent with a `PATH` that lacks the sbin directories.
-const TOOL_DIRS: &[&str] = &["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 type GeometryReader = fn(&Path) -> Result<FsGeometry, String>;
 
@@ -32,53 +29,6 @@ pub enum ResizeOutcome {
     AlreadyGrown { device_bytes: u64, fs_bytes: u64 },
     /// The tool ran and `statfs` shows the filesystem grew.
     Grown { before: u64, after: u64 },
-}
-
-/// The grow tool of a filesystem type and the argument it takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum GrowTool {
-    /// `resize2fs <device>`.
-    Resize2fs,
-    /// `xfs_growfs <mount point>`; the device form fails on xfsprogs 6.x.
-    XfsGrowfs,
-    /// `btrfs filesystem resize max <mount point>`.
-    Btrfs,
-}
-
-impl GrowTool {
-    fn for_fstype(fstype: &str) -> Option<GrowTool> {
-        match fstype {
-            "ext2" | "ext3" | "ext4" => Some(GrowTool::Resize2fs),
-            "xfs" => Some(GrowTool::XfsGrowfs),
-            "btrfs" => Some(GrowTool::Btrfs),
-            _ => None,
-        }
-    }
-
-    fn program(self) -> &'static str {
-        match self {
-            GrowTool::Resize2fs => "resize2fs",
-            GrowTool::XfsGrowfs => "xfs_growfs",
-            GrowTool::Btrfs => "btrfs",
-        }
-    }
-
-    /// Returns the path the tool works on and its full argument vector.
-    fn arguments(self, volume: &ManagedVolume) -> (PathBuf, Vec<PathBuf>) {
-        match self {
-            GrowTool::Resize2fs => (volume.dev_path.clone(), vec![volume.dev_path.clone()]),
-            GrowTool::XfsGrowfs => (volume.mount_point.clone(), vec![volume.mount_point.clone()]),
-            GrowTool::Btrfs => (
-                volume.mount_point.clone(),
-                vec![
-                    "filesystem".into(),
-                    "resize".into(),
-                    "max".into(),
-                    volume.mount_point.clone(),
-                ],
-            ),
-        }
-    }
 }
 
 impl VolumeService {
@@ -104,6 +54,12 @@ impl VolumeService {
             let device_bytes = self
                 .wait_for_size(volume, &sysfs_dir, size, deadline)
                 .await?;
+            if device_bytes == 0 {
+                return Err(VolumeError::EmptyDevice {
+                    path: volume.mount_point.clone(),
+                    device: volume.dev_path.clone(),
+                });
+            }
             return Ok(ResizeOutcome::DeviceOnly { device_bytes });
         }
 
@@ -132,6 +88,14 @@ impl VolumeService {
             return Ok(ResizeOutcome::AlreadyGrown {
                 device_bytes,
                 fs_bytes: geometry.bytes(),
+            });
+        }
+
+        let (capability, capability_name) = tool.capability();
+        if !has_effective_capability(capability) {
+            return Err(VolumeError::MissingCapability {
+                tool: tool.program(),
+                capability: capability_name,
             });
         }
 
@@ -196,8 +160,9 @@ impl VolumeService {
         Ok(())
     }
 
-    /// Fails unless the mount point is mounted from the recorded device and
-    /// the filesystem shows no errors; such a filesystem is left untouched.
+    /// Fails unless the mount point is mounted read-write from the recorded
+    /// device and the filesystem shows no errors; such a filesystem is left
+    /// untouched.
     async fn check_filesystem(
         &self,
         volume: &ManagedVolume,
@@ -215,6 +180,14 @@ impl VolumeService {
                 path: volume.mount_point.clone(),
                 recorded: devno.to_string(),
                 mounted: entry_device,
+            });
+        }
+        // The grow ioctls need write access (EROFS otherwise), so a
+        // read-only storage is rejected before any tool runs.
+        if mount.mount_options.iter().any(|option| option == "ro") {
+            return Err(VolumeError::ReadOnly {
+                mount_point: volume.mount_point.clone(),
+                options: mount.mount_options.join(","),
             });
         }
 
@@ -236,7 +209,17 @@ impl VolumeService {
             sysfs_problem,
             probe: Ok(&observation),
         };
-        let condition = condition::assess_filesystem(&facts);
+        let mut condition = condition::assess_filesystem(&facts);
+        if let (Ok(counts), Ok(device_bytes)) =
+            (&observation.statfs, blockdev::sysfs_size(sysfs_dir))
+        {
+            condition.problems.extend(condition::shrunk_device_problem(
+                &volume.fstype,
+                devno,
+                device_bytes,
+                counts,
+            ));
+        }
         if condition.is_abnormal() {
             return Err(VolumeError::FilesystemErrors {
                 mount_point: volume.mount_point.clone(),
@@ -383,95 +366,5 @@ impl VolumeService {
             status: output.status.to_string(),
             output: one_line(&[&output.stdout, &output.stderr]),
         })
-    }
-}
-
-/// Joins the non-empty lines of a tool's stdout and stderr with "; ", so
-/// the output fits in one error message and one log line.
-fn one_line(streams: &[&[u8]]) -> String {
-    let text: Vec<String> = streams
-        .iter()
-        .map(|stream| String::from_utf8_lossy(stream))
-        .flat_map(|stream| {
-            stream
-                .lines()
-                .map(str::trim)
-                .filter(|line| !line.is_empty())
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    text.join("; ")
-}
-
-/// Finds `name` in `PATH`, then in [`TOOL_DIRS`].
-fn find_tool(name: &str) -> std::io::Result<PathBuf> {
-    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
-    let dirs = std::env::split_paths(&path_dirs).chain(TOOL_DIRS.iter().map(PathBuf::from));
-    for dir in dirs {
-        let candidate = dir.join(name);
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::NotFound,
-        format!("{name} is not in PATH nor in {}", TOOL_DIRS.join(", ")),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn volume(fstype: &str) -> ManagedVolume {
-        ManagedVolume {
-            mount_point: PathBuf::from("/run/storage/v"),
-            driver: "blk".into(),
-            source: "02/00".into(),
-            fstype: fstype.into(),
-            dev_path: PathBuf::from("/dev/vdb"),
-            major: 254,
-            minor: 16,
-        }
-    }
-
-    #[test]
-    fn tool_choice_by_fstype() {
-        assert_eq!(GrowTool::for_fstype("ext4"), Some(GrowTool::Resize2fs));
-        assert_eq!(GrowTool::for_fstype("ext3"), Some(GrowTool::Resize2fs));
-        assert_eq!(GrowTool::for_fstype("xfs"), Some(GrowTool::XfsGrowfs));
-        assert_eq!(GrowTool::for_fstype("btrfs"), Some(GrowTool::Btrfs));
-        assert_eq!(GrowTool::for_fstype("vfat"), None);
-    }
-
-    #[test]
-    fn tool_arguments() {
-        let (target, arguments) = GrowTool::Resize2fs.arguments(&volume("ext4"));
-        assert_eq!(target, Path::new("/dev/vdb"));
-        assert_eq!(arguments, vec![PathBuf::from("/dev/vdb")]);
-        let (target, arguments) = GrowTool::XfsGrowfs.arguments(&volume("xfs"));
-        assert_eq!(target, Path::new("/run/storage/v"));
-        assert_eq!(arguments, vec![PathBuf::from("/run/storage/v")]);
-        let (_, arguments) = GrowTool::Btrfs.arguments(&volume("btrfs"));
-        let expected: Vec<PathBuf> = ["filesystem", "resize", "max", "/run/storage/v"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
-        assert_eq!(arguments, expected);
-    }
-
-    #[test]
-    fn tool_output_on_one_line() {
-        let joined = one_line(&[b"first\n\n  second \n", b"resize2fs: denied\n"]);
-        assert_eq!(joined, "first; second; resize2fs: denied");
-        assert_eq!(one_line(&[b"", b"\n"]), "");
-    }
-
-    #[test]
-    fn find_tool_missing() {
-        let error = find_tool("no-such-grow-tool").unwrap_err();
-        assert_eq!(error.kind(), std::io::ErrorKind::NotFound);
-        assert!(error.to_string().contains("no-such-grow-tool"));
     }
 }

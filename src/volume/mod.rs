@@ -9,8 +9,10 @@
 //! filesystem online and confirm the growth by `statfs`.
 //!
 //! Calls that can sleep forever on a dead device (statfs, open, ioctls)
-//! run as bounded probes, see [`probe`]. Requests on one storage are
-//! serialized through [`StorageManager::lock_storage`].
+//! run as bounded probes, see [`probe`]. A resize holds its storage's lock
+//! ([`StorageManager::lock_storage`]) exclusively; statistics hold it shared,
+//! so they run in parallel with each other but never during a resize, mount
+//! or unmount of the same storage.
 
 pub mod blockdev;
 pub mod condition;
@@ -19,7 +21,9 @@ pub mod geometry;
 mod grow;
 pub mod mountinfo;
 pub mod probe;
+mod resolve;
 mod stats;
+mod tool;
 pub mod usage;
 
 use std::collections::HashMap;
@@ -87,18 +91,19 @@ impl VolumeService {
     /// Returns byte and inode usage and the condition of the volume at `path`.
     ///
     /// # Errors
-    /// NOT_FOUND when `path` does not exist. A path on no managed volume gets
+    /// INVALID_ARGUMENT for a path longer than the kernel accepts, NOT_FOUND
+    /// when `path` does not exist. A path on no managed volume gets
     /// the `statfs` numbers alone and a normal condition whose message
     /// states that.
     pub async fn stats(
         &self,
         path: &str,
     ) -> Result<protocols::csi::VolumeStatsResponse, VolumeError> {
-        let path = PathBuf::from(path);
-        match self.storage.lookup_path(&path) {
+        let path = checked_path(path)?;
+        match self.find_volume(&path).await {
             None => self.unmanaged_stats(&path).await,
             Some(volume) => {
-                let _guard = self.storage.lock_storage(&volume.mount_point).await;
+                let _guard = self.storage.lock_storage_shared(&volume.mount_point).await;
                 self.volume_stats(&path, &volume).await
             }
         }
@@ -111,7 +116,7 @@ impl VolumeService {
     /// # Errors
     /// NOT_FOUND for a missing path, FAILED_PRECONDITION for a path on no
     /// managed volume or a filesystem with errors, INVALID_ARGUMENT for a
-    /// shrink, DEADLINE_EXCEEDED when the device stays smaller than `size`.
+    /// shrink or a path longer than the kernel accepts, DEADLINE_EXCEEDED when the device stays smaller than `size`.
     pub async fn resize(
         &self,
         path: &str,
@@ -119,11 +124,11 @@ impl VolumeService {
         timeout: Duration,
     ) -> Result<(), VolumeError> {
         let started = Instant::now();
-        let path = PathBuf::from(path);
+        let path = checked_path(path)?;
         self.check_exists(&path).await?;
         let volume = self
-            .storage
-            .lookup_path(&path)
+            .find_volume(&path)
+            .await
             .ok_or_else(|| VolumeError::NotManaged { path: path.clone() })?;
         let _guard = self.storage.lock_storage(&volume.mount_point).await;
         let deadline = started + timeout.saturating_sub(reply_margin(timeout));
@@ -186,11 +191,34 @@ fn reply_margin(timeout: Duration) -> Duration {
     (timeout / 10).min(MAX_REPLY_MARGIN)
 }
 
-/// Tells whether a stat error means the path does not exist.
+/// Rejects a path that the kernel would refuse as too long (ENAMETOOLONG),
+/// so that it is reported as invalid, not as a failed statfs.
+fn checked_path(path: &str) -> Result<PathBuf, VolumeError> {
+    use crate::storage::path::{MAX_NAME_BYTES, MAX_PATH_BYTES};
+
+    let longest_name = path.split('/').map(str::len).max().unwrap_or(0);
+    let reason = if path.len() > MAX_PATH_BYTES {
+        format!(
+            "is {} bytes long; paths are limited to {MAX_PATH_BYTES} bytes",
+            path.len()
+        )
+    } else if longest_name > MAX_NAME_BYTES {
+        format!("has a {longest_name}-byte name; names are limited to {MAX_NAME_BYTES} bytes")
+    } else {
+        return Ok(PathBuf::from(path));
+    };
+    Err(VolumeError::InvalidPath {
+        path: PathBuf::from(path),
+        reason,
+    })
+}
+
+/// Tells whether a stat error means the path does not exist. A symlink
+/// loop (ELOOP) leads to no file either.
 fn is_missing(error: &std::io::Error) -> bool {
     matches!(
         error.raw_os_error(),
-        Some(libc::ENOENT) | Some(libc::ENOTDIR)
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP)
     )
 }
 

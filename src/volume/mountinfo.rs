@@ -43,7 +43,18 @@ impl MountInfoEntry {
 
 /// Reads and parses the calling process's mount table.
 pub fn read() -> std::io::Result<Vec<MountInfoEntry>> {
-    std::fs::read_to_string("/proc/self/mountinfo").map(|text| parse(&text))
+    read_from(&mut std::fs::File::open("/proc/self/mountinfo")?)
+}
+
+/// Reads and parses a mount table from the current position of `file`.
+/// Path bytes that are not UTF-8, which the kernel writes as they are, are
+/// decoded lossily, so one such mount does not fail the whole read.
+fn read_from(file: &mut std::fs::File) -> std::io::Result<Vec<MountInfoEntry>> {
+    use std::io::Read;
+
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)?;
+    Ok(parse(&String::from_utf8_lossy(&bytes)))
 }
 
 /// Parses mountinfo text; malformed lines are skipped.
@@ -153,7 +164,7 @@ impl MountTable {
     /// Returns the current mount table, reading it again only when it
     /// changed since the last call.
     pub fn entries(&self) -> std::io::Result<std::sync::Arc<Vec<MountInfoEntry>>> {
-        use std::io::{Read, Seek};
+        use std::io::Seek;
         use std::os::fd::AsFd;
 
         let mut cached = self
@@ -175,19 +186,15 @@ impl MountTable {
             if !changed {
                 return Ok(table.entries.clone());
             }
-            let mut text = String::new();
             table.file.rewind()?;
-            table.file.read_to_string(&mut text)?;
-            table.entries = std::sync::Arc::new(parse(&text));
+            table.entries = std::sync::Arc::new(read_from(&mut table.file)?);
             return Ok(table.entries.clone());
         }
 
         // Opened before the first read, so a change between the two shows
         // up as a poll event on the next call rather than being missed.
         let mut file = std::fs::File::open("/proc/self/mountinfo")?;
-        let mut text = String::new();
-        file.read_to_string(&mut text)?;
-        let entries = std::sync::Arc::new(parse(&text));
+        let entries = std::sync::Arc::new(read_from(&mut file)?);
         *cached = Some(CachedTable {
             file,
             entries: entries.clone(),

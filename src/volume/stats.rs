@@ -43,7 +43,9 @@ impl VolumeService {
             .await
             .map_err(|stall| self.probe_timeout("statfs", path, stall))?;
         let stat = match probed {
-            Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
+            Err(nix::errno::Errno::ENOENT)
+            | Err(nix::errno::Errno::ENOTDIR)
+            | Err(nix::errno::Errno::ELOOP) => {
                 return Err(VolumeError::NotFound {
                     path: path.to_path_buf(),
                 })
@@ -121,18 +123,31 @@ impl VolumeService {
             probe: observation.as_ref(),
         };
         let mut condition = condition::assess_filesystem(&facts);
-        if let Some(mismatch) = mount
+        let mismatch = mount
             .as_ref()
-            .and_then(|entry| device_mismatch(entry, volume))
-        {
-            condition.problems.push(mismatch);
-        }
+            .and_then(|entry| device_mismatch(entry, volume));
+        // statfs of a mount point that lost its mount, or that another
+        // mount covers, describes some other filesystem.
+        let statfs_is_volume = mount.is_some() && mismatch.is_none();
+        condition.problems.extend(mismatch);
 
         let mut response = VolumeStatsResponse::new();
-        if let Ok(FsObservation {
-            statfs: Ok(counts), ..
-        }) = &observation
-        {
+        let counts = match &observation {
+            Ok(FsObservation {
+                statfs: Ok(counts), ..
+            }) if statfs_is_volume => Some(counts),
+            _ => None,
+        };
+        let device_bytes = blockdev::sysfs_size(&sysfs_dir).ok();
+        if let (Some(counts), Some(device_bytes)) = (counts, device_bytes) {
+            condition.problems.extend(condition::shrunk_device_problem(
+                &volume.fstype,
+                &devno,
+                device_bytes,
+                counts,
+            ));
+        }
+        if let Some(counts) = counts {
             response.usage.push(usage::byte_usage(counts));
             response.usage.push(usage::inode_usage(counts));
         }
@@ -222,20 +237,28 @@ fn require_path<T>(
     }
 }
 
-/// Describes a mount whose device differs from the storage's record.
-/// Anonymous devices (major 0, as btrfs reports) are not compared.
+/// Describes a mount whose device differs from the storage's record. An
+/// anonymous device (major 0) is what btrfs reports for its own disks, so
+/// such a mount differs only when its filesystem type does, as a tmpfs
+/// mounted over the storage does.
 pub(super) fn device_mismatch(
     entry: &mountinfo::MountInfoEntry,
     volume: &ManagedVolume,
 ) -> Option<String> {
-    let differs = entry.major != 0 && (entry.major, entry.minor) != (volume.major, volume.minor);
+    let differs = if entry.major == 0 {
+        entry.fstype != volume.fstype
+    } else {
+        (entry.major, entry.minor) != (volume.major, volume.minor)
+    };
     differs.then(|| {
         format!(
-            "{} is backed by device {}, but the storage was set up on device {}:{}",
+            "{} is backed by device {} ({}), but the storage was set up on device {}:{} ({})",
             PathBuf::from(&entry.mount_point).display(),
             entry.devno(),
+            entry.fstype,
             volume.major,
-            volume.minor
+            volume.minor,
+            volume.fstype
         )
     })
 }
