@@ -24,3 +24,4 @@ cargo test --workspace --no-fail-fast
 
 echo "==> cargo bench (quick mode)"
 cargo bench --bench agent -- --quick
+cargo bench --bench guest_resize -- --quick
