@@ -1,11 +1,11 @@
 //! volume-agent: the guest half of direct-assigned block volumes.
 //!
-//! The pipeline reads top to bottom: kernel [`uevent`]s keep the [`device`]
-//! registry current, matchers turn a `Storage.source` into a block device,
-//! the [`storage`] manager mounts it and binds it into containers, the
-//! [`volume`] service reports statistics and grows filesystems, and [`rpc`]
-//! maps ttrpc requests onto all of that. [`client`] is the host side used by
-//! `volumectl`.
+//! The pipeline reads top to bottom. Kernel [`uevent`]s keep the [`device`]
+//! registry current, and its matchers turn a `Storage.source` into a block
+//! device. The [`storage`] manager mounts it and binds it into containers.
+//! The [`volume`] service reports statistics and grows filesystems, and
+//! [`rpc`] maps ttrpc requests onto all of that. [`client`] is the host side
+//! used by `volumectl`.
 
 pub mod client;
 pub mod config;

@@ -1,13 +1,14 @@
 //! Structured JSON logging to stderr.
 //!
-//! Level policy: `error` means a request failed or the agent cannot go on;
-//! `warning` is abnormal but harmless (a late uevent, a lazy unmount);
-//! `info` is a rare state change (listening, a storage mounted or removed);
+//! Level policy: `error` means a request failed or the agent cannot go on.
+//! `warning` is abnormal but harmless (a late uevent, a lazy unmount).
+//! `info` is a rare state change (listening, a storage mounted or removed).
 //! `debug` traces each request and device event.
 
 use slog::{o, Drain, Logger};
 
-/// Records the async drain queues before it drops and counts the rest.
+/// Number of records the async drain queues; past that it drops records
+/// and reports how many.
 /// The channel is allocated in full at start, about 100 bytes a slot.
 const LOG_CHANNEL_RECORDS: usize = 1024;
 
@@ -33,7 +34,7 @@ pub fn create_logger(level: slog::Level) -> (Logger, slog_async::AsyncGuard) {
     (logger, guard)
 }
 
-/// A logger that discards everything, for unit tests.
+/// Creates a logger that discards everything, for unit tests.
 pub fn discard() -> Logger {
     Logger::root(slog::Discard, o!())
 }

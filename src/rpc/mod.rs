@@ -99,7 +99,7 @@ fn bind_unix(address: &str, path: &Path) -> Result<tokio::net::UnixListener, Lis
                     path: path.to_path_buf(),
                 });
             }
-            // Nobody accepts on it: a socket left by an agent that died.
+            // No process accepts on it, so an agent that died left it behind.
             let _ = std::fs::remove_file(path);
         }
         Err(_) => {}

@@ -4,7 +4,7 @@ use crate::device::DeviceError;
 use crate::storage::StorageError;
 use crate::volume::VolumeError;
 
-/// An error that knows the ttrpc status code it maps to.
+/// An error that maps to one ttrpc status code.
 pub trait StatusCode: std::error::Error {
     fn code(&self) -> ttrpc::Code;
 }

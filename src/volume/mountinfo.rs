@@ -142,7 +142,7 @@ pub fn find_mount<'a>(entries: &'a [MountInfoEntry], path: &Path) -> Option<&'a 
 ///
 /// The kernel marks `/proc/self/mountinfo` with POLLPRI | POLLERR whenever a
 /// mount or unmount changes the mount namespace, and clears the mark in the
-/// poll call that reports it. So a zero-timeout poll before each use tells
+/// poll call that reports it. So a zero-timeout poll before each use shows
 /// whether the cached entries are still current, and GetVolumeStats does not
 /// parse the whole table on every call.
 pub struct MountTable {
