@@ -29,7 +29,9 @@ pub fn run(program: &str, args: &[&str]) -> String {
         .unwrap_or_else(|error| panic!("starting {program} failed: {error}"));
     assert!(
         output.status.success(),
-        "{program} {args:?} failed: {}",
+        "{program} {args:?} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+#[path = "../common/mod.rs"]
+mod common;
+
 use volume_agent::device::DeviceRegistry;
 use volume_agent::storage::{ManagedVolume, StorageConfig, StorageManager};
 use volume_agent::volume::VolumeService;
@@ -43,21 +46,7 @@ macro_rules! require {
     };
 }
 
-/// Runs a command and panics with its output when it fails.
-pub fn run(program: &str, args: &[&str]) -> String {
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|error| panic!("starting {program} failed: {error}"));
-    assert!(
-        output.status.success(),
-        "{program} {args:?} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+pub use common::run;
 
 /// A sparse image file attached to a loop device, with an optional
 /// filesystem mounted in a private temporary directory.
