@@ -11,6 +11,7 @@ pub mod client;
 pub mod config;
 pub mod device;
 pub mod logging;
+pub mod mountinfo;
 pub mod rpc;
 pub mod storage;
 pub mod uevent;

@@ -8,11 +8,11 @@ use protocols::oci::Spec;
 use slog::{info, warn};
 
 use super::manager::StorageManager;
-use super::mountinfo::{find_mount, read_mountinfo};
 use super::options::{MountOptions, OptionContext};
 use super::path::{self, ResolvedPath};
 use super::state::BindRecord;
 use super::StorageError;
+use crate::mountinfo;
 
 /// One OCI mount that may come from a storage, checked up front.
 #[derive(Debug, Clone)]
@@ -180,9 +180,9 @@ impl StorageManager {
         source: &ResolvedPath,
         target: &ResolvedPath,
     ) -> Result<Option<BindRecord>, StorageError> {
-        let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
-        let storage_mount = find_mount(&entries, storage);
-        let target_mount = find_mount(&entries, &target.real_path);
+        let entries = mountinfo::read().map_err(|error| StorageError::ReadMountinfo { error })?;
+        let storage_mount = mountinfo::find_mount_at(&entries, storage);
+        let target_mount = mountinfo::find_mount_at(&entries, &target.real_path);
         let (Some(storage_mount), Some(target_mount)) = (storage_mount, target_mount) else {
             return Ok(None);
         };

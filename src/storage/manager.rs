@@ -19,12 +19,12 @@ use slog::{info, warn};
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
 use super::mounter::{Mounter, SystemMounter};
-use super::mountinfo::{find_mount, read_mountinfo, MountEntry};
 use super::path::{self, NodeKind};
 use super::request::StorageRequest;
 use super::state::{State, StorageRecord};
 use super::{fsgroup, probe, ManagedVolume, Owner, StorageConfig, StorageError};
 use crate::device::{BlockDevice, DeviceRegistry};
+use crate::mountinfo::{self, MountInfoEntry};
 
 pub struct StorageManager {
     pub(super) logger: slog::Logger,
@@ -57,7 +57,7 @@ impl StorageManager {
         let root_text = config.root.to_string_lossy().into_owned();
         config.root = path::clean_absolute("storage root", &root_text)?;
         let mut state = State::load(&config.state_file)?;
-        let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
+        let entries = mountinfo::read().map_err(|error| StorageError::ReadMountinfo { error })?;
         reconcile(&logger, &mut state, &entries);
         state.save(&config.state_file)?;
         info!(logger, "storage state restored";
@@ -132,8 +132,8 @@ impl StorageManager {
         if let Some(is_new) = self.add_to_recorded(owner, request, &device)? {
             return Ok(Addition::referenced(mount_point, is_new));
         }
-        let entries = read_mountinfo().map_err(|error| StorageError::ReadMountinfo { error })?;
-        if let Some(entry) = find_mount(&entries, mount_point) {
+        let entries = mountinfo::read().map_err(|error| StorageError::ReadMountinfo { error })?;
+        if let Some(entry) = mountinfo::find_mount_at(&entries, mount_point) {
             self.adopt_mount(owner, request, &device, entry)?;
             return Ok(Addition::Referenced(mount_point.clone()));
         }
@@ -223,7 +223,7 @@ impl StorageManager {
         owner: &Owner,
         request: &StorageRequest,
         device: &BlockDevice,
-        entry: &MountEntry,
+        entry: &MountInfoEntry,
     ) -> Result<(), StorageError> {
         let mount_point = &request.mount_point;
         let mounted = mounted_device_number(entry, request.is_raw_block());
@@ -519,10 +519,10 @@ fn device_conflict(mount_point: &Path, mounted: String, requested: &BlockDevice)
 /// Mounting there would write a directory into another volume, or hide a
 /// mount so that it could no longer be unmounted by its path.
 fn find_nested_mount<'a>(
-    entries: &'a [MountEntry],
+    entries: &'a [MountInfoEntry],
     root: &Path,
     mount_point: &Path,
-) -> Option<&'a MountEntry> {
+) -> Option<&'a MountInfoEntry> {
     entries.iter().find(|entry| {
         let other = &entry.mount_point;
         other != root
@@ -534,7 +534,7 @@ fn find_nested_mount<'a>(
 
 /// Returns the device number behind a mount: the filesystem's, or for a raw
 /// block volume that of the device node bound onto the mount point file.
-fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u32)> {
+fn mounted_device_number(entry: &MountInfoEntry, raw_block: bool) -> Option<(u32, u32)> {
     if !raw_block {
         return Some((entry.major, entry.minor));
     }
@@ -551,10 +551,10 @@ fn mounted_device_number(entry: &MountEntry, raw_block: bool) -> Option<(u32, u3
 
 /// Drops records whose mount is gone or now has another device, so that
 /// the state matches the mount table after a restart.
-fn reconcile(logger: &slog::Logger, state: &mut State, entries: &[MountEntry]) {
+fn reconcile(logger: &slog::Logger, state: &mut State, entries: &[MountInfoEntry]) {
     state.storages.retain(|mount_point, record| {
         let volume = &record.volume;
-        let mounted = find_mount(entries, mount_point)
+        let mounted = mountinfo::find_mount_at(entries, mount_point)
             .and_then(|entry| mounted_device_number(entry, volume.fstype.is_empty()));
         let keep = mounted == Some((volume.major, volume.minor));
         if !keep {
@@ -566,7 +566,7 @@ fn reconcile(logger: &slog::Logger, state: &mut State, entries: &[MountEntry]) {
     });
     for (container_id, binds) in state.binds.iter_mut() {
         binds.retain(|bind| {
-            let keep = find_mount(entries, &bind.target).is_some();
+            let keep = mountinfo::find_mount_at(entries, &bind.target).is_some();
             if !keep {
                 warn!(logger, "dropping bind record: its mount is gone";
                     "container_id" => container_id, "mount_point" => %bind.target.display());

@@ -16,7 +16,6 @@ mod manager;
 #[cfg(test)]
 mod manager_tests;
 pub mod mounter;
-pub mod mountinfo;
 pub mod options;
 pub mod path;
 #[cfg(test)]

@@ -8,9 +8,9 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use protocols::csi::VolumeCondition;
 
-use super::mountinfo::MountInfoEntry;
 use super::probe::ProbeStall;
 use super::usage::FsCounts;
+use crate::mountinfo::MountInfoEntry;
 
 /// Message of a healthy volume.
 pub const OK_MESSAGE: &str = "OK";
@@ -209,7 +209,7 @@ pub fn fs_sysfs_problem(sysfs_root: &Path, fstype: &str, device_name: &str) -> O
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::mountinfo;
+    use crate::mountinfo;
 
     const COUNTS: FsCounts = FsCounts {
         blocks: 10,

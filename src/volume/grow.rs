@@ -12,7 +12,8 @@ use super::geometry::{self, FsGeometry};
 use super::stats::device_mismatch;
 use super::tool::{find_tool, has_effective_capability, one_line, GrowTool};
 use super::usage::FsCounts;
-use super::{blockdev, mount_entry_at, mountinfo, VolumeError, VolumeService};
+use super::{blockdev, mount_entry_at, VolumeError, VolumeService};
+use crate::mountinfo;
 use crate::storage::ManagedVolume;
 
 /// Interval between two reads of the device size while waiting for it.

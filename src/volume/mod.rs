@@ -19,7 +19,6 @@ pub mod condition;
 mod error;
 pub mod geometry;
 mod grow;
-pub mod mountinfo;
 pub mod probe;
 mod resolve;
 mod stats;
@@ -34,6 +33,7 @@ use std::time::{Duration, Instant};
 use slog::info;
 
 use crate::device::DeviceRegistry;
+use crate::mountinfo;
 use crate::storage::{ManagedVolume, StorageManager};
 
 pub use error::VolumeError;
@@ -244,9 +244,5 @@ fn mount_entry_at(
     mount_point: &Path,
 ) -> Option<mountinfo::MountInfoEntry> {
     let resolved = resolve_mount_point(mount_point);
-    entries
-        .iter()
-        .rev()
-        .find(|entry| entry.mount_point == resolved)
-        .cloned()
+    mountinfo::find_mount_at(entries, &resolved).cloned()
 }

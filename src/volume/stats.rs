@@ -8,7 +8,8 @@ use slog::{info, warn};
 use super::condition::{self, Condition, FsFacts, FsObservation};
 use super::probe::ProbeStall;
 use super::usage::{self, FsCounts};
-use super::{blockdev, is_missing, mount_entry_at, mountinfo, VolumeError, VolumeService};
+use super::{blockdev, is_missing, mount_entry_at, VolumeError, VolumeService};
+use crate::mountinfo;
 use crate::storage::ManagedVolume;
 
 impl VolumeService {

@@ -104,7 +104,7 @@ pub fn mounts_under(prefix: &Path) -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     text.lines()
         .filter_map(|line| line.split(' ').nth(4))
-        .map(|field| PathBuf::from(volume_agent::storage::mountinfo::unescape(field)))
+        .map(|field| PathBuf::from(volume_agent::mountinfo::unescape(field)))
         .filter(|mount_point| mount_point.starts_with(prefix))
         .collect()
 }

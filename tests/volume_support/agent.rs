@@ -221,7 +221,7 @@ impl Drop for Agent {
 /// Unmounts every mount under `dir`, deepest and latest first.
 pub fn unmount_under(dir: &Path) {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let entries = volume_agent::volume::mountinfo::parse(&text);
+    let entries = volume_agent::mountinfo::parse(&text);
     for entry in entries.iter().rev() {
         if entry.mount_point.starts_with(dir) {
             let target = &entry.mount_point;

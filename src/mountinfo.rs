@@ -1,4 +1,6 @@
-//! Reader for `/proc/self/mountinfo` (format in proc(5)).
+//! Reader for `/proc/self/mountinfo` (format in proc(5)), shared by the
+//! storage manager (restart recovery, nesting and bind checks) and the
+//! volume service (condition checks, device cross-checks).
 
 use std::path::{Path, PathBuf};
 
@@ -94,7 +96,7 @@ fn split_options(text: &str) -> Vec<String> {
 
 /// Decodes the `\ooo` octal escapes the kernel writes for space, tab,
 /// newline and backslash.
-fn unescape(field: &str) -> String {
+pub fn unescape(field: &str) -> String {
     let bytes = field.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -116,6 +118,19 @@ fn unescape(field: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Finds the mount made exactly at `mount_point`. Of mounts stacked on
+/// one point the kernel lists the later one after the earlier, so the last
+/// match is the visible one.
+pub fn find_mount_at<'a>(
+    entries: &'a [MountInfoEntry],
+    mount_point: &Path,
+) -> Option<&'a MountInfoEntry> {
+    entries
+        .iter()
+        .rev()
+        .find(|entry| entry.mount_point == mount_point)
 }
 
 /// Finds the mount that `path` (absolute, symlinks resolved) lies on: the
@@ -306,5 +321,31 @@ garbage line
 
         nix::mount::umount2(&*unmount, nix::mount::MntFlags::empty()).unwrap();
         assert!(!mounted(&table), "cached table kept the unmounted entry");
+    }
+
+    const STACKED: &str = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 22 7:3 / /run/storage/with\\040space rw,nosuid shared:5 - xfs /dev/loop3 rw,attr2
+31 30 7:3 /sub /run/c1/rootfs/data rw - xfs /dev/loop3 rw
+32 22 7:4 / /run/storage/with\\040space rw - ext4 /dev/loop4 rw
+bad line without separator
+";
+
+    #[test]
+    fn find_mount_at_returns_topmost() {
+        let entries = parse(STACKED);
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[2].root, PathBuf::from("/sub"));
+        let top = find_mount_at(&entries, Path::new("/run/storage/with space")).unwrap();
+        assert_eq!((top.major, top.minor), (7, 4));
+        assert!(find_mount_at(&entries, Path::new("/run/storage")).is_none());
+    }
+
+    #[test]
+    fn unescape_backslash_and_partial_escapes() {
+        assert_eq!(unescape("a\\134b"), "a\\b");
+        assert_eq!(unescape("tab\\011x\\012"), "tab\tx\n");
+        assert_eq!(unescape("trailing\\04"), "trailing\\04");
+        assert_eq!(unescape("not\\9998"), "not\\9998");
     }
 }
