@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of volume-agent, from a fresh Debian 12 machine, as root:
-# installs the packages, builds the agent and the test guest, then runs
-# `cargo test` (unit tests, loop-device tests, QEMU guest tests) and the
+# Runs every test of volume-agent on a fresh Debian 12 machine, as root.
+# It installs the packages and builds the agent and the test guest. Then it
+# runs `cargo test` (unit, loop-device and QEMU guest tests) and the
 # benchmarks once in quick mode to catch breakage.
 set -euo pipefail
 

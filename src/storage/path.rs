@@ -254,8 +254,8 @@ fn open_path(path: &Path, extra: OFlags) -> Result<OwnedFd, Errno> {
     rustix::fs::open(path, OFlags::PATH | OFlags::CLOEXEC | extra, Mode::empty())
 }
 
-/// Attempts of one openat2(2) resolution that the kernel answers with
-/// EAGAIN because of concurrent renames or mounts.
+/// Maximum attempts of one openat2(2) resolution that fails with EAGAIN
+/// because of concurrent renames or mounts.
 const MAX_RESOLVE_ATTEMPTS: u32 = 64;
 
 /// A path opened inside a root, held as an `O_PATH` descriptor so that a

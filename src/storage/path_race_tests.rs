@@ -1,5 +1,5 @@
 //! Path resolution while other threads rename and mount: openat2(2) with
-//! RESOLVE_IN_ROOT answers EAGAIN when a rename anywhere in the system may
+//! RESOLVE_IN_ROOT returns EAGAIN when a rename anywhere in the system may
 //! have raced with a `..` step, and a resolution must retry rather than
 //! fail the request.
 

@@ -10,9 +10,9 @@
 //!
 //! Calls that can sleep forever on a dead device (statfs, open, ioctls)
 //! run as bounded probes, see [`probe`]. A resize holds its storage's lock
-//! ([`StorageManager::lock_storage`]) exclusively; statistics hold it shared,
-//! so they run in parallel with each other but never during a resize, mount
-//! or unmount of the same storage.
+//! ([`StorageManager::lock_storage`]) exclusively, and statistics hold it
+//! shared. So statistics run in parallel with each other, but never during
+//! a resize, mount or unmount of the same storage.
 
 pub mod blockdev;
 pub mod condition;

@@ -77,7 +77,7 @@ impl Drop for LoopDevice {
     }
 }
 
-/// Sends Health.Check to the agent on `socket` and tells whether it answered.
+/// Sends Health.Check to the agent on `socket` and returns whether it replied.
 /// Runs on its own thread and runtime, so that it works inside async tests.
 fn answers_health_check(socket: &Path) -> bool {
     let address = format!("unix://{}", socket.display());
@@ -129,7 +129,7 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent binary and waits until it answers a health check.
+    /// Starts the agent binary and waits until it replies to a health check.
     /// The socket accepts connections before the agent has restored its
     /// state, so a connection alone does not mean it is ready.
     pub fn start(socket: &Path, storage_root: &Path, state_file: &Path, log: &Path) -> Agent {
